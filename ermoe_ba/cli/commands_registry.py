@@ -1,0 +1,3 @@
+"""Imports every command module so its ``@app.command`` decorators run. One line per module."""
+
+from __future__ import annotations

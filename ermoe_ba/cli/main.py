@@ -1,0 +1,30 @@
+"""The ``ermoe-ba`` console command. Commands are thin: parse, call the Python API, exit code.
+
+Heavy imports (torch, monai, nilearn) happen inside the commands so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="ermoe-ba",
+    help="Brain age from T1-weighted MRI with an ERMoE mixture-of-experts transformer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the package version."""
+    from ermoe_ba import __version__
+
+    typer.echo(__version__)
+
+
+# Command modules register themselves on import; keep one line per module below.
+from ermoe_ba.cli import commands_registry  # noqa: E402,F401

@@ -1,0 +1,201 @@
+"""Configuration dataclasses stored in every checkpoint.
+
+``ModelConfig`` describes the network; ``PreprocessConfig`` is the single definition of the
+model grid (template, voxel size, grid shape and origin, intensity normalisation) that
+preprocessing, the patch embedding and the interpretability mapping all read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ROUTERS", "ModelConfig", "PreprocessConfig", "check_choice"]
+
+ROUTERS = ("ermoe", "softmax", "softmax+lbl", "dense")
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
+    """Return ``value`` if it is in ``allowed``; otherwise raise a ValueError with a hint.
+
+    Examples
+    --------
+    >>> check_choice("router", "ermoe", ROUTERS)
+    'ermoe'
+    """
+    if value in allowed:
+        return value
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"{name}={value!r} is not one of {sorted(allowed)}.{hint}")
+
+
+def _tuple_fields(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    """Turn JSON lists back into tuples for fields whose default is a tuple."""
+    out = {}
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(f"unknown {cls.__name__} field {key!r}; known fields: {sorted(names)}")
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the shared transformer trunk.
+
+    Parameters
+    ----------
+    input_type
+        ``"image"`` (patch embedding over ``spatial_dims`` axes) or ``"tokens"`` (integer token
+        ids through an embedding table).
+    spatial_dims
+        2 or 3 for images; ignored for tokens.
+    router
+        ``"ermoe"`` (eigenbasis score), ``"softmax"`` (learned top-k router), ``"softmax+lbl"``
+        (softmax router with the Switch load-balancing loss) or ``"dense"`` (no MoE).
+    moe_every
+        Every ``moe_every``-th block (counting from 1) gets an MoE feed-forward layer.
+    expert_hidden
+        Hidden width of one expert; ``None`` picks the width that gives the MoE layer the same
+        number of *active* parameters per token as the dense ``Mlp``.
+    num_outputs
+        Size of the head: 1 for regression, the number of classes for classification, 0 for
+        no head (``pre_logits``).
+    """
+
+    input_type: str = "image"
+    spatial_dims: int = 3
+    in_chans: int = 1
+    img_size: tuple[int, ...] = (80, 96, 80)
+    patch_size: tuple[int, ...] | int = 16
+    vocab_size: int = 0
+    max_seq_len: int = 0
+    causal: bool = False
+    embed_dim: int = 96
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    router: str = "ermoe"
+    moe_every: int = 2
+    num_experts: int = 8
+    top_k: int = 2
+    expert_rank: int | None = None
+    expert_hidden: int | None = None
+    route_threshold: float | None = None
+    balance_loss_weight: float = 0.01
+    z_loss_weight: float = 0.0
+    dispatch: str = "sorted"
+    pool: str = "mean"
+    num_outputs: int = 1
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("input_type", self.input_type, ("image", "tokens"))
+        check_choice("router", self.router, ROUTERS)
+        check_choice("pool", self.pool, ("mean", "cls"))
+        if self.input_type == "image" and self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3 for images, got {self.spatial_dims}")
+        if self.input_type == "tokens" and (self.vocab_size <= 0 or self.max_seq_len <= 0):
+            raise ValueError("token input needs vocab_size > 0 and max_seq_len > 0")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if isinstance(self.img_size, list):
+            self.img_size = tuple(self.img_size)
+        if isinstance(self.patch_size, list):
+            self.patch_size = tuple(self.patch_size)
+
+    @property
+    def uses_moe(self) -> bool:
+        """Whether any block has a mixture-of-experts feed-forward layer."""
+        return self.router != "dense"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**_tuple_fields(data, cls))
+
+
+@dataclass
+class PreprocessConfig:
+    """The model grid and how raw scans are conformed to it.
+
+    The grid is an axis-aligned RAS box in the template's world space (MNI152, mm):
+    voxel ``(i, j, k)`` sits at ``grid_origin + voxel_size * (i, j, k)``.
+
+    Parameters
+    ----------
+    template
+        Name of the registration target; ``"mni152_2009"`` is the template nilearn ships.
+    voxel_size
+        Isotropic spacing of the model grid in mm.
+    grid_shape
+        Number of voxels along R, A, S.
+    grid_origin
+        World coordinate (mm) of voxel ``(0, 0, 0)``.
+    register
+        Affine registration to the template; turn off for scans already in MNI space.
+    bias_correction
+        N4 bias-field correction before registration.
+    brain_mask
+        Multiply by the template brain mask after resampling.
+    intensity
+        ``"robust_zscore"``: inside the brain mask, subtract the median and divide by the
+        inter-quartile range scaled to a standard deviation, then clip to ``intensity_clip``.
+    """
+
+    template: str = "mni152_2009"
+    voxel_size: float = 2.0
+    grid_shape: tuple[int, int, int] = (80, 96, 80)
+    grid_origin: tuple[float, float, float] = (-80.0, -112.0, -74.0)
+    orientation: str = "RAS"
+    register: bool = True
+    bias_correction: bool = True
+    bias_shrink: int = 4
+    brain_mask: bool = True
+    intensity: str = "robust_zscore"
+    intensity_clip: float = 5.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("template", self.template, ("mni152_2009",))
+        check_choice("orientation", self.orientation, ("RAS",))
+        check_choice("intensity", self.intensity, ("robust_zscore", "none"))
+        if not 0.5 <= float(self.voxel_size) <= 8.0:
+            raise ValueError(f"voxel_size={self.voxel_size} mm is outside the supported 0.5–8 mm")
+        self.grid_shape = tuple(int(s) for s in self.grid_shape)
+        self.grid_origin = tuple(float(o) for o in self.grid_origin)
+        if len(self.grid_shape) != 3 or len(self.grid_origin) != 3:
+            raise ValueError("grid_shape and grid_origin need three values (R, A, S)")
+
+    def grid_affine(self) -> list[list[float]]:
+        """The 4×4 voxel-to-world (RAS mm) affine of the model grid, as nested lists."""
+        v = float(self.voxel_size)
+        ox, oy, oz = self.grid_origin
+        return [[v, 0.0, 0.0, ox], [0.0, v, 0.0, oy], [0.0, 0.0, v, oz], [0.0, 0.0, 0.0, 1.0]]
+
+    def cache_key(self) -> str:
+        """A short stable hash of every setting, for caching conformed volumes."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**_tuple_fields(data, cls))
