@@ -1,0 +1,83 @@
+"""``ermoe-ba preprocess``: conform raw T1 scans to the model grid and write a QC table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ermoe_ba.cli.main import app
+
+__all__ = ["preprocess"]
+
+QC_COLUMNS = ("subject_id", "path", "output", "qc_score", "status", "error")
+
+
+@app.command()
+def preprocess(
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="NIfTI/MGZ files, folders (searched recursively), DICOM series folders, BIDS datasets, "
+        "or CSV/TSV tables with a path column.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for <subject_id>.nii.gz and qc.tsv."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel processes."),
+    register: bool = typer.Option(True, "--register/--no-register", help="Affine registration to MNI152."),
+    bias_correction: bool = typer.Option(
+        True, "--bias-correction/--no-bias-correction", help="N4 bias-field correction."
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Conformed-volume cache (default: $ERMOE_BA_CACHE or ~/.cache/ermoe-ba)."
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Conform raw T1 scans to the model's MNI grid; write DIR/<subject_id>.nii.gz and DIR/qc.tsv.
+
+    Exit code 0 when every scan is ok, 1 when some failed QC or could not be read, 2 on usage errors.
+    """
+    import math
+
+    import nibabel as nib
+    import pandas as pd
+
+    from ermoe_ba.data.cache import default_cache_dir
+    from ermoe_ba.data.conform import conform_records
+    from ermoe_ba.data.discovery import DiscoveryError, discover
+    from ermoe_ba.models.config import PreprocessConfig
+
+    try:
+        records = discover(inputs)
+    except DiscoveryError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if not records:
+        typer.echo(f"error: no scans found in {', '.join(map(str, inputs))}", err=True)
+        raise typer.Exit(2)
+    config = PreprocessConfig(register=register, bias_correction=bias_correction)
+    cache = None if no_cache else (cache_dir or default_cache_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for result in conform_records(records, config, cache_dir=cache, workers=workers, progress=progress):
+        output = ""
+        if result.volume is not None:
+            output_path = out / f"{result.subject_id}.nii.gz"
+            nib.save(nib.Nifti1Image(result.volume, result.affine), output_path)
+            output = str(output_path)
+        if result.status != "ok":
+            typer.echo(f"{result.status}: {result.error}", err=True)
+        score = result.qc_score
+        rows.append(
+            {
+                "subject_id": result.subject_id,
+                "path": str(result.path),
+                "output": output,
+                "qc_score": "" if score is None or math.isnan(score) else f"{score:.4f}",
+                "status": result.status,
+                "error": result.error,
+            }
+        )
+    pd.DataFrame(rows, columns=list(QC_COLUMNS)).to_csv(out / "qc.tsv", sep="\t", index=False)
+    failed = sum(row["status"] != "ok" for row in rows)
+    typer.echo(f"{len(rows) - failed}/{len(rows)} scans ok; QC table: {out / 'qc.tsv'}")
+    raise typer.Exit(1 if failed else 0)

@@ -1,0 +1,90 @@
+"""Bring a map on the model grid back to a scan's own voxel grid (native space)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["native_geometry", "to_native"]
+
+
+def native_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """3D shape and RAS voxel-to-world affine of a scan as stored (NIfTI/MGZ file or DICOM folder)."""
+    path = Path(path)
+    if path.is_dir():
+        import SimpleITK as sitk
+
+        from ermoe_ba.data.sitk_utils import sitk_to_array
+
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+        reader.SetFileNames(files)
+        data, affine = sitk_to_array(reader.Execute())
+        return tuple(int(s) for s in data.shape[:3]), affine
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    return tuple(int(s) for s in image.shape[:3]), np.asarray(image.affine, dtype=np.float64)
+
+
+def to_native(
+    volume_in_model_grid: np.ndarray,
+    result_or_transform: Any,
+    native_image_path: str | Path,
+    order: int = 0,
+    grid_affine: np.ndarray | None = None,
+):
+    """Resample a model-grid map into the voxel grid of the scan it was conformed from.
+
+    Parameters
+    ----------
+    volume_in_model_grid
+        Array of the model grid's shape (e.g. an expert map or a label image).
+    result_or_transform
+        A :class:`~ermoe_ba.data.conform.ConformResult` (its ``transform`` and ``affine`` are
+        used) or the 4x4 template-world → scan-world RAS matrix.
+    native_image_path
+        The scan as given to conform.
+    order
+        Spline order: 0 (nearest neighbour) for labels and masks, 1 for continuous maps.
+    grid_affine
+        Model grid affine when a bare matrix is given; defaults to ``PreprocessConfig()``'s.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The map on the scan's own grid and affine; zero outside the model grid.
+
+    Examples
+    --------
+    >>> img = to_native(result.volume > 0, result, "sub-01_T1w.nii.gz")  # doctest: +SKIP
+    """
+    import nibabel as nib
+    from scipy.ndimage import affine_transform
+
+    matrix = getattr(result_or_transform, "transform", result_or_transform)
+    if matrix is None:
+        raise ValueError(f"{native_image_path}: no transform (the scan was not conformed)")
+    if grid_affine is None:
+        grid_affine = getattr(result_or_transform, "affine", None)
+    if grid_affine is None:
+        from ermoe_ba.models.config import PreprocessConfig
+
+        grid_affine = PreprocessConfig().grid_affine()
+    shape, native_affine = native_geometry(native_image_path)
+    # native voxel → native world → template world → model-grid voxel
+    voxel_map = np.linalg.inv(np.asarray(grid_affine)) @ np.linalg.inv(np.asarray(matrix)) @ native_affine
+    source = np.asarray(volume_in_model_grid)
+    dtype = source.dtype if order == 0 else np.float32
+    out = affine_transform(
+        source.astype(np.float32 if order else source.dtype, copy=False),
+        voxel_map,
+        output_shape=shape,
+        order=order,
+        mode="constant",
+        cval=0.0,
+    )
+    return nib.Nifti1Image(out.astype(np.uint8 if dtype == np.bool_ else dtype), native_affine)
