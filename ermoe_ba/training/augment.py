@@ -1,0 +1,198 @@
+"""3D augmentation of conformed T1 volumes for brain-age training.
+
+Two back-ends with the same knobs (:class:`AugmentConfig`):
+
+``"fast"`` (default)
+    Batched torch operations on the ``(b, 1, R, A, S)`` batch: random whole-voxel shifts (the
+    translation part of a small affine, as in SFCN's training), an optional rotation/scaling
+    by ``grid_sample``, a smooth multiplicative bias field, gamma and Gaussian noise inside the
+    brain. Measured on 2 CPU cores for one 80x96x80 volume: shift + bias + gamma + noise
+    ~3 ms, a ``grid_sample`` affine ~25 ms.
+``"monai"``
+    MONAI's per-sample ``RandAffine``, ``RandBiasField``, ``RandAdjustContrast`` and
+    ``RandGaussianNoise``. Measured ~38 ms per volume on the same CPU (RandAffine 22 ms, noise
+    8 ms, bias field 6.5 ms), i.e. more than a forward + backward pass of the CPU models (3-15
+    ms), so it suits CUDA machines with spare CPU cores.
+
+Intensities are robust z-scores with background exactly 0 (brain-masked), so the bias field
+and gamma act on the brain only, on intensities shifted to be positive; left-right flips are
+off by default because brain ageing is not symmetric.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ermoe_ba.models.config import check_choice
+
+__all__ = ["AugmentConfig", "BatchAugment"]
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation settings; probabilities are per sample.
+
+    Parameters
+    ----------
+    kind
+        ``"fast"``, ``"monai"`` or ``"none"``.
+    shift
+        Maximum whole-voxel translation along each axis (fast back-end).
+    affine_prob, rotate_deg, scale
+        Probability and range of a random rotation (degrees about each axis) and isotropic
+        scaling (fraction); for ``"monai"`` also a translation of ``shift`` voxels.
+    bias_prob, bias_coeff
+        Smooth multiplicative bias field ``exp(f)``, ``f`` with standard deviation ``bias_coeff``.
+    gamma_prob, gamma_range
+        Gamma contrast change with ``gamma`` drawn log-uniformly from the range.
+    noise_prob, noise_std
+        Gaussian noise with standard deviation drawn from ``[0, noise_std]``.
+    flip_lr
+        Random left-right flips (off: ageing is asymmetric).
+    """
+
+    kind: str = "fast"
+    shift: int = 2
+    affine_prob: float = 0.0
+    rotate_deg: float = 4.0
+    scale: float = 0.04
+    bias_prob: float = 0.5
+    bias_coeff: float = 0.1
+    gamma_prob: float = 0.5
+    gamma_range: tuple[float, float] = (0.8, 1.25)
+    noise_prob: float = 0.5
+    noise_std: float = 0.05
+    flip_lr: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("augment kind", self.kind, ("fast", "monai", "none"))
+        self.gamma_range = tuple(self.gamma_range)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+def _shift(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Translate each sample by whole voxels, filling with zeros: ``offsets`` is ``(b, 3)`` ints."""
+    out = torch.zeros_like(x)
+    for i, off in enumerate(offsets.tolist()):
+        src, dst = [], []
+        for d, size in zip(off, x.shape[2:], strict=True):
+            src.append(slice(max(0, -d), size - max(0, d)))
+            dst.append(slice(max(0, d), size - max(0, -d)))
+        out[(i, slice(None), *dst)] = x[(i, slice(None), *src)]
+    return out
+
+
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    """``(b, 3)`` radians -> ``(b, 3, 3)`` rotation matrices (x, then y, then z)."""
+    c, s = angles.cos(), angles.sin()
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+    rx = torch.stack([one, zero, zero, zero, c[:, 0], -s[:, 0], zero, s[:, 0], c[:, 0]], 1).view(-1, 3, 3)
+    ry = torch.stack([c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1]], 1).view(-1, 3, 3)
+    rz = torch.stack([c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one], 1).view(-1, 3, 3)
+    return rz @ ry @ rx
+
+
+class BatchAugment:
+    """Random augmentation of a ``(b, 1, R, A, S)`` float batch (see the module docstring).
+
+    Examples
+    --------
+    >>> aug = BatchAugment(AugmentConfig(), seed=0)
+    >>> aug(torch.zeros(2, 1, 16, 16, 16)).abs().max().item()  # background stays zero
+    0.0
+    """
+
+    def __init__(self, config: AugmentConfig | None = None, seed: int = 0) -> None:
+        self.config = config or AugmentConfig()
+        self.generator = torch.Generator().manual_seed(seed)
+        self._monai = self._build_monai(seed) if self.config.kind == "monai" else None
+
+    def _rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=self.generator)
+
+    def _build_monai(self, seed: int):
+        from monai.transforms import (
+            Compose,
+            RandAdjustContrast,
+            RandAffine,
+            RandBiasField,
+            RandGaussianNoise,
+        )
+
+        c = self.config
+        transforms = Compose(
+            [
+                RandAffine(
+                    prob=max(c.affine_prob, 1.0 if c.shift else 0.0),
+                    rotate_range=(math.radians(c.rotate_deg),) * 3,
+                    scale_range=(c.scale,) * 3,
+                    translate_range=(c.shift,) * 3,
+                    padding_mode="zeros",
+                ),
+                RandBiasField(prob=c.bias_prob, coeff_range=(0.0, c.bias_coeff)),
+                RandAdjustContrast(prob=c.gamma_prob, gamma=c.gamma_range),
+                RandGaussianNoise(prob=c.noise_prob, std=c.noise_std),
+            ]
+        )
+        transforms.set_random_state(seed=seed)
+        return transforms
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment a batch on CPU (returned on the input's device and dtype)."""
+        c = self.config
+        if c.kind == "none":
+            return x
+        device, dtype = x.device, x.dtype
+        x = x.detach().float().cpu()
+        if self._monai is not None:
+            out = torch.stack([torch.as_tensor(self._monai(sample)) for sample in x]).float()
+            return out.to(device, dtype)
+        return self._fast(x).to(device, dtype)
+
+    def _fast(self, x: torch.Tensor) -> torch.Tensor:
+        c, b = self.config, x.shape[0]
+        if c.shift:
+            offsets = torch.randint(-c.shift, c.shift + 1, (b, 3), generator=self.generator)
+            x = _shift(x, offsets)
+        if c.affine_prob > 0:
+            x = self._affine(x)
+        if c.flip_lr:
+            flip = self._rand(b) < 0.5
+            x[flip] = x[flip].flip(2)
+        mask = x != 0
+        lo = x.amin(dim=(1, 2, 3, 4), keepdim=True)
+        pos = (x - lo).clamp_min(0)  # intensities shifted to >= 0 for multiplicative changes
+        if c.bias_prob > 0:
+            coeff = torch.randn(b, 1, 4, 4, 4, generator=self.generator) * c.bias_coeff
+            coeff = coeff * (self._rand(b) < c.bias_prob).view(b, 1, 1, 1, 1)
+            pos = pos * F.interpolate(coeff, size=x.shape[2:], mode="trilinear", align_corners=True).exp()
+        if c.gamma_prob > 0:
+            log_lo, log_hi = math.log(c.gamma_range[0]), math.log(c.gamma_range[1])
+            gamma = (log_lo + (log_hi - log_lo) * self._rand(b)).exp()
+            gamma = torch.where(self._rand(b) < c.gamma_prob, gamma, torch.ones(b)).view(b, 1, 1, 1, 1)
+            top = pos.amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
+            pos = (pos / top).pow(gamma) * top
+        x = pos + lo
+        if c.noise_prob > 0:
+            std = c.noise_std * self._rand(b) * (self._rand(b) < c.noise_prob)
+            x = x + torch.randn(x.shape, generator=self.generator) * std.view(b, 1, 1, 1, 1)
+        return torch.where(mask, x, torch.zeros_like(x))
+
+    def _affine(self, x: torch.Tensor) -> torch.Tensor:
+        c, b = self.config, x.shape[0]
+        angles = (self._rand(b, 3) * 2 - 1) * math.radians(c.rotate_deg)
+        zoom = 1.0 + (self._rand(b) * 2 - 1) * c.scale
+        theta = _rotation(angles) / zoom.view(b, 1, 1)
+        apply = self._rand(b) < c.affine_prob
+        theta = torch.where(apply.view(b, 1, 1), theta, torch.eye(3).expand(b, 3, 3))
+        theta = torch.cat([theta, torch.zeros(b, 3, 1)], dim=2)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,85 @@
+"""The training recipe, one dataclass shared by ``ermoe-ba train``, the CV benchmark and tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ermoe_ba.models.config import check_choice
+from ermoe_ba.training.augment import AugmentConfig
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """How a brain-age model is trained.
+
+    Parameters
+    ----------
+    epochs
+        Maximum number of passes over the training scans.
+    batch_size
+        Scans per optimiser step (per process under DDP).
+    lr, weight_decay
+        AdamW peak learning rate and decoupled weight decay (not applied to biases, norms,
+        position embeddings or 1D parameters).
+    warmup_epochs, min_lr_ratio
+        Linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at the last epoch.
+    patience
+        Early stopping: stop after this many epochs without a better validation MAE (0 = off).
+        The weights of the best epoch are kept.
+    grad_clip
+        Maximum gradient norm (0 = no clipping).
+    loss
+        ``"l1"`` or ``"mse"`` on standardised age; the model's auxiliary loss is added.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    amp
+        bfloat16 autocast on CUDA (ignored on CPU).
+    seed
+        Seeds weight initialisation, batch order and augmentation.
+    num_threads
+        torch CPU threads (None: leave torch's default).
+    augment
+        See :class:`~ermoe_ba.training.augment.AugmentConfig`.
+    """
+
+    epochs: int = 60
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 5
+    min_lr_ratio: float = 0.01
+    patience: int = 20
+    grad_clip: float = 1.0
+    loss: str = "l1"
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    num_threads: int | None = None
+    eval_batch_size: int = 16
+    progress: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        check_choice("loss", self.loss, ("l1", "mse"))
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs={self.epochs} and batch_size={self.batch_size} must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form stored in checkpoints and CV results."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise with the list of known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)

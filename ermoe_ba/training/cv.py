@@ -1,0 +1,161 @@
+"""Resumable cross-validation of several brain-age methods on the same folds.
+
+Every (method, fold) result is written atomically to ``<out_dir>/<method>/fold<k>.json`` as
+soon as it finishes; a rerun loads the finished ones and only runs the rest, so a long
+comparison can be stopped and continued. The age-bias correction of each fold is fitted here,
+on the method's calibration scans only, with the test positions passed as ``held_out`` so
+that any leak raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
+from ermoe_ba.training.data import VolumeSet
+from ermoe_ba.training.methods import Method
+from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
+from ermoe_ba.training.splits import FoldSplit
+
+__all__ = ["cross_validate", "run_fold", "summarize", "write_json_atomic"]
+
+log = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON to ``path`` through a temporary file and a rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any]:
+    """Train and test ``method`` on one fold; fit the bias correction without the test scans."""
+    start = time.perf_counter()
+    out = method.fit_predict(data, split)
+    ages = data.ages
+    calib_pred = np.full(len(data), np.nan)
+    calib_pred[out.calibration_index] = out.calibration_pred
+    try:
+        correction = fit_bias_correction(
+            ages, calib_pred, out.calibration_index, held_out=split.test, fitted_on="calibration"
+        )
+    except ValueError as err:
+        if err.__class__.__name__ == "BiasLeakageError":
+            raise
+        log.warning("fold %d of %s: no bias correction (%s)", split.fold, method.name, err)
+        correction = AgeBiasCorrection()
+    test_age = ages[split.test]
+    corrected = correction.apply(out.test_pred)
+    return {
+        "method": method.name,
+        "fold": split.fold,
+        "metrics": brain_age_metrics(test_age, out.test_pred, corrected),
+        "calibration_metrics": regression_metrics(ages[out.calibration_index], out.calibration_pred),
+        "bias_correction": correction.to_dict(),
+        "subject_ids": [data.subject_ids[i] for i in split.test],
+        "age": test_age.tolist(),
+        "predicted": np.asarray(out.test_pred).tolist(),
+        "corrected": np.asarray(corrected).tolist(),
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "seconds": time.perf_counter() - start,
+        **out.info,
+    }
+
+
+def cross_validate(
+    methods: Sequence[Method],
+    data: VolumeSet,
+    folds: Sequence[FoldSplit],
+    out_dir: str | Path,
+    resume: bool = True,
+    only_folds: Sequence[int] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every method on every fold (skipping finished ones when ``resume``).
+
+    Returns
+    -------
+    dict
+        Method name -> list of fold results (as written to ``<out_dir>/<method>/fold<k>.json``).
+    """
+    out_dir = Path(out_dir)
+    results: dict[str, list[dict[str, Any]]] = {m.name: [] for m in methods}
+    for method in methods:
+        for split in folds:
+            if only_folds is not None and split.fold not in only_folds:
+                continue
+            path = out_dir / method.name / f"fold{split.fold}.json"
+            if resume and path.is_file():
+                results[method.name].append(json.loads(path.read_text()))
+                continue
+            log.info("running %s fold %d", method.name, split.fold)
+            result = run_fold(method, data, split)
+            write_json_atomic(path, result)
+            results[method.name].append(result)
+            m = result["metrics"]
+            log.info(
+                "%s fold %d: MAE %.2f, r %.3f (%.0f s)",
+                method.name,
+                split.fold,
+                m["mae"],
+                m["r"],
+                result["seconds"],
+            )
+    return results
+
+
+def _load_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean over folds of the per-layer load metrics (MoE methods)."""
+    layers = sorted({k for f in folds for k in f.get("load", {})}, key=int)
+    out = {}
+    for layer in layers:
+        entries = [f["load"][layer] for f in folds if layer in f.get("load", {})]
+        out[layer] = {
+            key: mean_sd([e[key] for e in entries])["mean"]
+            for key in ("cv", "normalized_entropy", "gini", "max_over_mean", "dead_experts")
+        }
+    return out
+
+
+def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per method: mean ± sd over folds of MAE, RMSE, r, R², gap slope, corrected MAE; pooled metrics;
+    load metrics per MoE layer; training time."""
+    summary = {}
+    for name, folds in results.items():
+        if not folds:
+            continue
+        per = {k: mean_sd([f["metrics"][k] for f in folds]) for k in ("mae", "rmse", "r", "r2", "gap_slope")}
+        per["corrected_mae"] = mean_sd([f["metrics"]["corrected"]["mae"] for f in folds])
+        per["corrected_gap_slope"] = mean_sd([f["metrics"]["corrected"]["gap_slope"] for f in folds])
+        age = np.concatenate([f["age"] for f in folds])
+        pooled = regression_metrics(age, np.concatenate([f["predicted"] for f in folds]))
+        load = _load_summary(folds)
+        summary[name] = {
+            "folds": sorted(f["fold"] for f in folds),
+            **per,
+            "pooled": pooled,
+            "load": load,
+            "load_cv_mean": mean_sd([v["cv"] for v in load.values()])["mean"] if load else None,
+            "parameters": folds[0].get("parameters"),
+            "train_seconds": mean_sd([f.get("train_seconds", float("nan")) for f in folds]),
+        }
+    return summary

@@ -1,0 +1,86 @@
+"""torch.distributed helpers: works unchanged as one process or under ``torchrun`` (DDP).
+
+Under ``torchrun`` every process gets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+:func:`init_distributed` then joins the process group (NCCL on CUDA, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "barrier",
+    "cleanup_distributed",
+    "init_distributed",
+    "is_main_process",
+    "rank",
+    "resolve_device",
+    "world_size",
+]
+
+
+def world_size() -> int:
+    """Number of processes (1 without an initialised process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 without an initialised process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files and shows progress."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process (no-op for one process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> this process's CUDA device when available, else CPU.
+
+    Raises
+    ------
+    ValueError
+        For ``"cuda"`` on a machine without CUDA.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+        if device == "cuda" and world_size() > 1:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(device)
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    Returns
+    -------
+    bool
+        True when running distributed.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if dist.is_initialized():
+        return True
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

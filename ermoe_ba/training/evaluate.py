@@ -1,0 +1,122 @@
+"""Evaluate a checkpoint on scans with known ages: metrics JSON, predictions table, scatter plot.
+
+The bias correction applied here is the one stored in the checkpoint (fitted on the training
+run's validation scans), never refitted on the evaluation scans.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ermoe_ba.training.bias import AgeBiasCorrection
+from ermoe_ba.training.checkpoint import load_checkpoint
+from ermoe_ba.training.data import VolumeSet
+from ermoe_ba.training.loop import TargetScaler, predict
+from ermoe_ba.training.metrics import brain_age_metrics
+
+__all__ = ["evaluate_checkpoint", "scatter_plot"]
+
+
+def scatter_plot(
+    age: ArrayLike,
+    predicted: ArrayLike,
+    output_file: str | Path,
+    corrected: ArrayLike | None = None,
+    title: str = "Predicted vs chronological age",
+) -> Path:
+    """Write a predicted-versus-true age scatter (identity line, MAE and r in the legend) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ermoe_ba.training.metrics import regression_metrics
+
+    age, predicted = np.asarray(age, float), np.asarray(predicted, float)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    m = regression_metrics(age, predicted)
+    ax.scatter(age, predicted, s=14, alpha=0.8, label=f"raw: MAE {m['mae']:.2f} y, r {m['r']:.3f}")
+    if corrected is not None:
+        mc = regression_metrics(age, corrected)
+        ax.scatter(
+            age,
+            corrected,
+            s=14,
+            alpha=0.6,
+            marker="x",
+            label=f"bias-corrected: MAE {mc['mae']:.2f} y, r {mc['r']:.3f}",
+        )
+    lo = float(min(age.min(), predicted.min())) - 5
+    hi = float(max(age.max(), predicted.max())) + 5
+    ax.plot([lo, hi], [lo, hi], color="0.4", lw=1, ls="--", label="identity")
+    ax.set(
+        xlim=(lo, hi), ylim=(lo, hi), xlabel="chronological age (y)", ylabel="predicted age (y)", title=title
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    output_file = Path(output_file)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output_file)
+    plt.close(fig)
+    return output_file
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: VolumeSet,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """Predict ``data`` with a checkpoint and score it against the known ages.
+
+    Writes ``metrics.json``, ``predictions.csv`` and ``scatter.png`` to ``out_dir`` when given.
+
+    Returns
+    -------
+    dict
+        :func:`~ermoe_ba.training.metrics.brain_age_metrics` (raw and ``corrected``), plus the
+        checkpoint path and model name.
+    """
+    data = data.with_age()
+    if len(data) < 2:
+        raise ValueError(f"evaluation needs >= 2 scans with an age, got {len(data)}")
+    model, meta = load_checkpoint(checkpoint, map_location=device)
+    if tuple(meta["preprocess"]["grid_shape"]) != tuple(data.preprocess.grid_shape):
+        raise ValueError(
+            f"{checkpoint} expects grid {meta['preprocess']['grid_shape']} but the scans were conformed to "
+            f"{data.preprocess.grid_shape}; conform them with the checkpoint's PreprocessConfig"
+        )
+    scaler = TargetScaler(**meta["target"])
+    correction = AgeBiasCorrection.from_dict(meta.get("bias_correction"))
+    pred, _ = predict(model, data.volumes, scaler, batch_size, device)
+    corrected = correction.apply(pred)
+    metrics: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "model_name": meta["model_name"],
+        "bias_correction": correction.to_dict(),
+        **brain_age_metrics(data.ages, pred, corrected),
+    }
+    if out_dir is not None:
+        import pandas as pd
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        pd.DataFrame(
+            {
+                "subject_id": data.subject_ids,
+                "age": data.ages,
+                "predicted_age": pred,
+                "corrected_age": corrected,
+                "brain_age_gap": pred - data.ages,
+                "corrected_gap": corrected - data.ages,
+            }
+        ).to_csv(out / "predictions.csv", index=False)
+        scatter_plot(data.ages, pred, out / "scatter.png", corrected=corrected, title=meta["model_name"])
+    return metrics

@@ -1,0 +1,234 @@
+"""The fit loop: AdamW, warm-up + cosine schedule, L1 on standardised age, early stopping, DDP.
+
+Works as one process (CPU or CUDA, bfloat16 autocast on CUDA) or under ``torchrun``: each
+process then trains on its own shard of every epoch's permutation and DDP averages gradients.
+Batches are sliced from the in-memory volume tensor, so there is no DataLoader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ermoe_ba.routing.trace import RoutingTrace
+from ermoe_ba.training.augment import BatchAugment
+from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.distributed import is_main_process, rank, resolve_device, world_size
+
+__all__ = ["FitResult", "TargetScaler", "fit", "lr_lambda", "param_groups", "predict"]
+
+
+@dataclass(frozen=True)
+class TargetScaler:
+    """Standardises ages with training-set statistics: ``z = (age - mean) / std``."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, ages: np.ndarray) -> TargetScaler:
+        """Mean and standard deviation (ddof=0) of training ages."""
+        a = np.asarray(ages, dtype=np.float64)
+        if a.size < 2 or not np.isfinite(a).all():
+            raise ValueError(f"target statistics need >= 2 finite training ages, got {a.size}")
+        return cls(float(a.mean()), float(max(a.std(), 1e-6)))
+
+    def to_dict(self) -> dict[str, float]:
+        """For checkpoints."""
+        return {"mean": self.mean, "std": self.std}
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`; the model holds the weights of ``best_epoch``."""
+
+    model: nn.Module
+    scaler: TargetScaler
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_mae: float = float("nan")
+    seconds: float = 0.0
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine to ``min_ratio``.
+
+    Examples
+    --------
+    >>> [round(lr_lambda(s, 2, 10, 0.0), 3) for s in (0, 1, 2, 10)]
+    [0.5, 1.0, 1.0, 0.0]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices and kernels only (not biases, norms, embeddings' offsets)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or any(k in name for k in ("pos_embed", "cls_token", "log_s", "norm"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    volumes: torch.Tensor,
+    scaler: TargetScaler | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    capture_routing: bool = False,
+    amp: bool = True,
+) -> tuple[np.ndarray, RoutingTrace | None]:
+    """Predicted ages (de-standardised with ``scaler``) for ``(n, 1, R, A, S)`` volumes.
+
+    Returns the ``(n,)`` predictions and, with ``capture_routing``, the routing trace of all
+    scans (None for models without routing).
+    """
+    device = torch.device(device) if isinstance(device, str) else device
+    was_training = model.training
+    model.eval()
+    preds, traces = [], []
+    for start in range(0, volumes.shape[0], batch_size):
+        x = volumes[start : start + batch_size].to(device, torch.float32)
+        with _autocast(device, amp):
+            out = model(x, capture_routing=capture_routing)
+        preds.append(out.output[:, 0].float().cpu())
+        if capture_routing and out.routing is not None:
+            traces.append(out.routing.to("cpu"))
+    model.train(was_training)
+    pred = torch.cat(preds).double().numpy() if preds else np.zeros(0)
+    if scaler is not None:
+        pred = pred * scaler.std + scaler.mean
+    return pred, (RoutingTrace.concat(traces) if traces else None)
+
+
+def _loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "l1":
+        return torch.nn.functional.l1_loss(pred, target)
+    return torch.nn.functional.mse_loss(pred, target)
+
+
+def fit(
+    model: nn.Module,
+    train_volumes: torch.Tensor,
+    train_ages: np.ndarray,
+    val_volumes: torch.Tensor | None = None,
+    val_ages: np.ndarray | None = None,
+    config: TrainConfig | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``(n, 1, R, A, S)`` volumes and ages; keep the best epoch.
+
+    Parameters
+    ----------
+    model
+        Any registered model (``forward(x) -> ModelOutput``).
+    train_volumes, train_ages
+        Training scans; ages in years (standardised internally).
+    val_volumes, val_ages
+        Validation scans for early stopping; without them the last epoch is kept.
+    config
+        The recipe; :class:`TrainConfig` defaults when None.
+
+    Examples
+    --------
+    >>> from ermoe_ba.models import create_model  # doctest: +SKIP
+    >>> result = fit(create_model("sfcn_tiny"), volumes, ages, config=TrainConfig(epochs=2))  # doctest: +SKIP
+    """
+    cfg = config or TrainConfig()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    scaler = TargetScaler.fit(train_ages)
+    targets = torch.as_tensor((np.asarray(train_ages) - scaler.mean) / scaler.std, dtype=torch.float32)
+    model.to(device)
+    net: nn.Module = model
+    if world_size() > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    n_local = train_volumes.shape[0] // world_size()
+    steps_per_epoch = max(1, math.ceil(n_local / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    warmup = min(total // 2, steps_per_epoch * cfg.warmup_epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, warmup, total, cfg.min_lr_ratio)
+    )
+    augment = BatchAugment(cfg.augment, seed=cfg.seed + 1000 * rank())
+    result = FitResult(model, scaler)
+    best_state, since_best, start = None, 0, time.perf_counter()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        range(cfg.epochs), desc="train", unit="epoch", disable=not (cfg.progress and is_main_process())
+    )
+    for epoch in bar:
+        net.train()
+        order = torch.randperm(
+            train_volumes.shape[0], generator=torch.Generator().manual_seed(cfg.seed + epoch)
+        )
+        mine = order[rank() :: world_size()][:n_local]  # equal step counts on every process
+        total_loss, total_aux, seen = 0.0, 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = augment(train_volumes[idx].float()).to(device)
+            y = targets[idx].to(device)
+            with _autocast(device, cfg.amp):
+                out = net(x)
+                loss = _loss(out.output[:, 0].float(), y, cfg.loss)
+                objective = loss + out.aux_loss.float()
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            total_loss += float(loss.detach()) * len(idx)
+            total_aux += float(out.aux_loss.detach()) * len(idx)
+            seen += len(idx)
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(1, seen),
+            "aux_loss": total_aux / max(1, seen),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if val_volumes is not None and val_ages is not None and len(val_ages):
+            pred, _ = predict(model, val_volumes, scaler, cfg.eval_batch_size, device, amp=cfg.amp)
+            record["val_mae"] = float(np.abs(pred - np.asarray(val_ages)).mean())
+            if not record["val_mae"] >= result.best_val_mae:  # also true while best is NaN
+                result.best_val_mae, result.best_epoch, since_best = record["val_mae"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+        result.history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_mae")})
+        if cfg.patience and since_best >= cfg.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = len(result.history) - 1
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,180 @@
+"""Brain-age methods compared by cross-validation, behind one small interface.
+
+A method trains on one fold's training scans and returns predictions for a *calibration* set
+(scans of the training part, used to fit the age-bias correction) and for the test scans. It
+never sees the test ages. Deep methods calibrate on their validation split (held out from the
+gradient steps); the classical baseline on inner-CV predictions of its training scans.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ermoe_ba.training.classical import PcaRidgeBrainAge
+from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.data import VolumeSet
+from ermoe_ba.training.loop import fit, predict
+from ermoe_ba.training.splits import FoldSplit
+
+__all__ = [
+    "ClassicalMethod",
+    "DeepMethod",
+    "FoldPrediction",
+    "Method",
+    "count_parameters",
+    "method_from_dict",
+]
+
+
+@dataclass
+class FoldPrediction:
+    """What a method returns for one fold (cohort positions index the predictions)."""
+
+    calibration_index: np.ndarray
+    calibration_pred: np.ndarray
+    test_pred: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(Protocol):
+    """Anything with a ``name`` and ``fit_predict(data, split) -> FoldPrediction``."""
+
+    name: str
+
+    def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Total parameters and parameters active per token (one expert set of ``top_k`` per MoE layer)."""
+    total = sum(p.numel() for p in model.parameters())
+    config = getattr(model, "config", None)
+    inactive = 0
+    for module in model.modules():
+        experts = getattr(module, "num_experts", None)
+        if experts and module is not model and hasattr(module, "experts") and config is not None:
+            expert_params = sum(p.numel() for p in module.experts.parameters())
+            inactive += expert_params * (experts - config.top_k) // experts
+    return {"total": int(total), "active": int(total - inactive)}
+
+
+@dataclass
+class DeepMethod:
+    """A registered network trained with :func:`ermoe_ba.training.loop.fit`."""
+
+    name: str
+    model_name: str
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def build(self, data: VolumeSet, seed: int) -> torch.nn.Module:
+        """A freshly initialised model for ``data``'s grid (weights seeded by ``seed``)."""
+        import ermoe_ba.models.sfcn  # noqa: F401  (registers the CNN peer)
+        from ermoe_ba.models import create_model
+
+        torch.manual_seed(seed)
+        return create_model(self.model_name, preprocess=data.preprocess, **self.model_overrides)
+
+    def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
+        """Train on ``split.train`` (early stopping on ``split.val``), predict val and test."""
+        from ermoe_ba.routing.metrics import load_metrics
+
+        cfg = TrainConfig.from_dict({**self.train.to_dict(), "seed": self.train.seed + split.fold})
+        model = self.build(data, cfg.seed)
+        vol, ages = data.volumes, data.ages
+        result = fit(model, vol[split.train], ages[split.train], vol[split.val], ages[split.val], cfg)
+        device = next(model.parameters()).device
+        val_pred, _ = predict(model, vol[split.val], result.scaler, cfg.eval_batch_size, device)
+        start = time.perf_counter()
+        test_pred, trace = predict(
+            model, vol[split.test], result.scaler, cfg.eval_batch_size, device, capture_routing=True
+        )
+        infer_s = (time.perf_counter() - start) / max(1, len(split.test))
+        load = {}
+        if trace is not None:
+            load = {
+                str(i): load_metrics(layer.top_k_index, layer.num_experts)
+                for i, layer in trace.layers.items()
+            }
+        info = {
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "best_val_mae": result.best_val_mae,
+            "train_seconds": result.seconds,
+            "inference_seconds_per_scan": infer_s,
+            "parameters": count_parameters(model),
+            "target": result.scaler.to_dict(),
+            "history": result.history,
+            "load": load,
+        }
+        return FoldPrediction(split.val, val_pred, test_pred, info)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for the results file."""
+        return {
+            "kind": "deep",
+            "model_name": self.model_name,
+            "model_overrides": self.model_overrides,
+            "train": self.train.to_dict(),
+        }
+
+
+@dataclass
+class ClassicalMethod:
+    """PCA + ridge on ~6 mm voxels (:class:`~ermoe_ba.training.classical.PcaRidgeBrainAge`).
+
+    It has no use for early stopping, so it fits on training and validation scans together and
+    tunes its penalty by inner CV on them; calibration uses inner-CV predictions of those scans.
+    """
+
+    name: str = "pca_ridge"
+    factor: int = 3
+    n_components: int | float = 0.95
+    inner_folds: int = 5
+    seed: int = 0
+
+    def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
+        """Fit on train+val, predict test; calibration = inner-CV predictions of train+val."""
+        start = time.perf_counter()
+        fit_idx = np.sort(np.concatenate([split.train, split.val]))
+        model = PcaRidgeBrainAge(self.factor, self.n_components, inner_folds=self.inner_folds, seed=self.seed)
+        model.fit(data.volumes[fit_idx], data.ages[fit_idx])
+        calib = model.out_of_fold(data.volumes[fit_idx], data.ages[fit_idx])
+        test_pred = model.predict(data.volumes[split.test])
+        info = {"best_alpha": model.best_alpha, "train_seconds": time.perf_counter() - start, "load": {}}
+        return FoldPrediction(fit_idx, calib, test_pred, info)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for the results file."""
+        return {
+            "kind": "classical",
+            "factor": self.factor,
+            "n_components": self.n_components,
+            "inner_folds": self.inner_folds,
+        }
+
+
+def method_from_dict(spec: dict[str, Any], train: TrainConfig | None = None) -> Method:
+    """Build a method from a pipeline config entry.
+
+    ``{"name": ..., "kind": "deep", "model_name": ..., "model_overrides": {...}, "train": {...}}``
+    (``train`` entries override the shared recipe) or ``{"name": ..., "kind": "classical", ...}``.
+    """
+    spec = dict(spec)
+    kind = spec.pop("kind", "deep")
+    if kind == "classical":
+        return ClassicalMethod(**spec)
+    if kind != "deep":
+        raise ValueError(
+            f"method kind {kind!r} is not 'deep' or 'classical' (in method {spec.get('name')!r})"
+        )
+    base = (train or TrainConfig()).to_dict()
+    own = spec.pop("train", {}) or {}
+    augment = {**base.pop("augment"), **own.pop("augment", {})}
+    return DeepMethod(train=TrainConfig.from_dict({**base, **own, "augment": augment}), **spec)

@@ -1,0 +1,79 @@
+"""Checkpoints: identical predictions after a round trip, weights-only loading, metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import ermoe_ba.models.sfcn  # noqa: F401
+from ermoe_ba import __version__
+from ermoe_ba.models import create_model
+from ermoe_ba.models.config import ModelConfig, PreprocessConfig
+from ermoe_ba.training.augment import AugmentConfig
+from ermoe_ba.training.checkpoint import build_meta, load_checkpoint, read_meta, save_checkpoint
+from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.data import VolumeSet
+from ermoe_ba.training.run import train_brain_age
+
+GRID = PreprocessConfig(grid_shape=(32, 32, 32), grid_origin=(-32.0, -32.0, -32.0))  # as in conftest
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("sfcn_tiny", {"channels": (4, 8, 16)}),
+        ("ermoe_ba_tiny", {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "router": "softmax"}),
+    ],
+)
+def test_round_trip_gives_identical_predictions(tmp_path, synthetic, suffix, name, overrides):
+    torch.manual_seed(1)
+    model = create_model(name, preprocess=GRID, **overrides)
+    with torch.no_grad():  # move BatchNorm statistics away from their defaults
+        model.train()
+        model(synthetic.volumes[:8].float())
+    model.eval()
+    meta = build_meta(model, name, model_overrides=overrides, preprocess=GRID, target={"mean": 50, "std": 15})
+    path = save_checkpoint(tmp_path / f"m{suffix}", model, meta)
+    loaded, meta2 = load_checkpoint(path)
+    x = synthetic.volumes[:5].float()
+    with torch.no_grad():
+        assert torch.equal(model(x).output, loaded(x).output)
+    assert ModelConfig.from_dict(meta2["model_config"]) == model.config == loaded.config
+    assert meta2["preprocess"]["grid_shape"] == list(GRID.grid_shape)
+    assert meta2["package_version"] == __version__ and meta2["target"] == {"mean": 50, "std": 15}
+    assert read_meta(path) == meta2
+    if suffix == ".pt":  # nothing but tensors and strings: loads with weights_only=True
+        payload = torch.load(path, weights_only=True)
+        assert json.loads(payload["meta_json"])["model_name"] == name
+
+
+def test_not_a_checkpoint_raises_with_the_path(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(ValueError, match=r"bad\.pt"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_train_brain_age_stores_target_stats_bias_and_data_description(tmp_path, synthetic):
+    ixi = VolumeSet(synthetic.volumes, synthetic.ages, [f"IXI{i:03d}-HH-1" for i in range(24)], GRID)
+    cfg = TrainConfig(
+        epochs=3, batch_size=8, progress=False, device="cpu", augment=AugmentConfig(kind="none")
+    )
+    result = train_brain_age(ixi, tmp_path / "m.safetensors", "sfcn_tiny", {"channels": (4, 8, 16)}, cfg)
+    meta = read_meta(result.checkpoint)
+    train_ids = meta["training_data"]["subject_ids"]
+    val_ids = meta["training_data"]["validation_subject_ids"]
+    assert not set(train_ids) & set(val_ids) and len(train_ids) + len(val_ids) == 24
+    train_ages = ixi.ages[[ixi.subject_ids.index(s) for s in train_ids]]
+    assert meta["target"]["mean"] == pytest.approx(train_ages.mean())
+    assert meta["target"]["std"] == pytest.approx(train_ages.std())
+    assert meta["training_data"]["licence"] == "CC BY-SA 3.0"
+    assert "IXI" in meta["training_data"]["attribution"]
+    assert meta["bias_correction"]["fitted_on"] in ("validation", "none")
+    assert meta["train_config"]["epochs"] == 3 and np.isfinite(meta["validation_metrics"]["mae"])

@@ -1,0 +1,114 @@
+"""The fit loop: schedule, weight-decay groups, learning on synthetic and real scans."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import ermoe_ba.models.sfcn  # noqa: F401
+from ermoe_ba.models import create_model
+from ermoe_ba.models.config import PreprocessConfig
+from ermoe_ba.training.augment import AugmentConfig
+from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.loop import TargetScaler, fit, lr_lambda, param_groups, predict
+
+GRID = PreprocessConfig(grid_shape=(32, 32, 32), grid_origin=(-32.0, -32.0, -32.0))  # as in conftest
+
+
+QUIET = dict(progress=False, device="cpu", num_threads=None)
+
+
+def small_sfcn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("sfcn_tiny", preprocess=GRID, channels=(4, 8, 16), drop_rate=0.0)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_lambda(s, 10, 100, 0.05) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(f[10:]))  # non-increasing after warm-up
+    assert f[100] == pytest.approx(0.05) and f[55] == pytest.approx(0.05 + 0.95 * 0.5)
+
+
+def test_no_weight_decay_on_biases_norms_and_position_embeddings():
+    model = create_model("ermoe_ba_tiny", preprocess=GRID, patch_size=8, embed_dim=32, num_heads=2)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any(names[id(p)] == "pos_embed" for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_target_scaler_uses_training_statistics():
+    s = TargetScaler.fit(np.array([20.0, 40.0, 60.0]))
+    assert s.mean == 40.0 and s.std == pytest.approx(np.std([20, 40, 60]))
+
+
+def test_fit_learns_synthetic_ages_and_keeps_the_best_epoch(synthetic):
+    tr, va = np.arange(0, 24, 3), np.arange(1, 24, 3)
+    tr = np.setdiff1d(np.arange(24), va)
+    cfg = TrainConfig(
+        epochs=12,
+        batch_size=4,
+        lr=3e-3,
+        warmup_epochs=1,
+        patience=0,
+        augment=AugmentConfig(kind="none"),
+        **QUIET,
+    )
+    model = small_sfcn()
+    result = fit(
+        model, synthetic.volumes[tr], synthetic.ages[tr], synthetic.volumes[va], synthetic.ages[va], cfg
+    )
+    losses = [h["train_loss"] for h in result.history]
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
+    best = min(h["val_mae"] for h in result.history)
+    assert result.best_val_mae == pytest.approx(best)
+    pred, trace = predict(model, synthetic.volumes[va], result.scaler)
+    assert trace is None  # a CNN has no routing
+    assert np.abs(pred - synthetic.ages[va]).mean() == pytest.approx(best, rel=1e-4)
+
+
+def test_early_stopping_stops_after_patience(synthetic):
+    cfg = TrainConfig(
+        epochs=50,
+        batch_size=8,
+        lr=0.0,
+        warmup_epochs=0,
+        patience=3,
+        augment=AugmentConfig(kind="none"),
+        **QUIET,
+    )
+    result = fit(
+        small_sfcn(),
+        synthetic.volumes[:16],
+        synthetic.ages[:16],
+        synthetic.volumes[16:],
+        synthetic.ages[16:],
+        cfg,
+    )
+    assert len(result.history) == 4 and result.best_epoch == 0  # lr 0: no epoch improves on the first
+
+
+@pytest.mark.slow
+def test_tiny_run_on_real_scans_lowers_the_training_loss(real_scans):
+    torch.manual_seed(0)
+    model = create_model("ermoe_ba_tiny")
+    cfg = TrainConfig(
+        epochs=15,
+        batch_size=4,
+        lr=2e-3,
+        warmup_epochs=2,
+        patience=0,
+        augment=AugmentConfig(kind="none"),
+        **QUIET,
+    )
+    scaler = TargetScaler.fit(real_scans.ages)
+    before = np.abs(predict(model, real_scans.volumes, scaler)[0] - real_scans.ages).mean()
+    fit(model, real_scans.volumes, real_scans.ages, config=cfg)
+    after = np.abs(predict(model, real_scans.volumes, scaler)[0] - real_scans.ages).mean()
+    assert after < 0.5 * before
