@@ -1,0 +1,113 @@
+"""``ermoe-ba predict``: brain age for every scan in INPUTS, written to a table as batches finish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ermoe_ba.cli.main import app
+
+__all__ = ["predict"]
+
+
+def _part_path(out: Path, rank: int, world: int) -> Path:
+    return out.with_name(f"{out.stem}.part{rank}of{world}{out.suffix}")
+
+
+def run_predict(
+    inputs: list[Path],
+    out: Path,
+    model: str = "default",
+    device: str = "auto",
+    batch_size: int = 4,
+    workers: int = 1,
+    register: bool = True,
+    resume: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
+    ages: Path | None = None,
+    save_routing: Path | None = None,
+    quiet: bool = False,
+    echo_table: bool = False,
+) -> int:
+    """Run a prediction job and return the exit code (0 all ok, 1 some not ok)."""
+    from ermoe_ba.inference.predictor import BrainAgePredictor
+    from ermoe_ba.inference.sharding import distributed_rank, shard
+    from ermoe_ba.inference.table import PredictionTable, merge_tables, read_table
+
+    rank, world = distributed_rank()
+    if world > 1:
+        num_parts, part_id = world, rank
+    predictor = BrainAgePredictor.from_pretrained(model, device=device)
+    records = shard(predictor.discover(inputs, ages), num_parts, part_id)
+    target = _part_path(out, rank, world) if world > 1 else out
+    table = PredictionTable(target, resume=resume)
+    todo = [r for r in records if not table.done(r.subject_id, r.path)]
+    if not quiet and len(todo) < len(records):
+        typer.echo(f"resuming: {len(records) - len(todo)} of {len(records)} scans already in {target}", err=True)
+    for rows in predictor.iter_batches(
+        todo, batch_size=batch_size, workers=workers, register=register,
+        routing_dir=save_routing, progress=not quiet,
+    ):
+        table.add(rows)
+    frame = merge_tables([target], target)  # rows sorted by subject id, as the merge of parts
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+        if rank == 0:
+            merge_tables([_part_path(out, r, world) for r in range(world)], out)
+        dist.barrier()
+        frame = read_table(out)
+        dist.destroy_process_group()
+    if echo_table:
+        typer.echo(frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.2f}"))
+    if not quiet:
+        counts = frame["status"].value_counts().to_dict()
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        typer.echo(f"{len(frame)} scans ({summary}) -> {out}", err=True)
+    return 0 if (frame["status"] == "ok").all() else 1
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders, DICOM series, BIDS roots, CSV/TSV tables.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions table (.csv or .tsv).")] = Path(
+        "predictions.csv"
+    ),
+    model: Annotated[str, typer.Option(help="Bundled model name or checkpoint path.")] = "default",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Scans per model batch.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel preprocessing processes.")] = 1,
+    no_register: Annotated[bool, typer.Option("--no-register", help="Scans are already in MNI space.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip scans already in --out.")] = False,
+    num_parts: Annotated[int, typer.Option(min=1, help="Split the scans into this many parts...")] = 1,
+    part_id: Annotated[int, typer.Option(min=0, help="...and run only this part (0-based).")] = 0,
+    ages: Annotated[Path | None, typer.Option(help="Table of subject_id, age to compute brain-age gaps.")] = None,
+    save_routing: Annotated[Path | None, typer.Option(help="Folder for per-scan routing traces (.npz).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
+) -> None:
+    """Predict brain age for every T1 scan in INPUTS.
+
+    Exit code 0 when every scan is ok, 1 when some are not (the table is still complete), 2 on a
+    usage error. Under torchrun, ranks split the scans and rank 0 merges the tables.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
+    if part_id >= num_parts:
+        raise typer.BadParameter(f"--part-id {part_id} must be smaller than --num-parts {num_parts}")
+    if ages is not None and not ages.is_file():
+        raise typer.BadParameter(f"--ages {ages}: file does not exist")
+    try:
+        code = run_predict(
+            inputs, out, model, device, batch_size, workers, not no_register, resume, num_parts, part_id,
+            ages, save_routing, quiet,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)

@@ -1,0 +1,69 @@
+"""Save and load one subject's routing trace (``--save-routing``) as a NumPy ``.npz`` file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ermoe_ba.data.conform import ConformResult
+from ermoe_ba.models.config import PreprocessConfig
+from ermoe_ba.routing.trace import LayerTrace, RoutingTrace
+
+__all__ = ["load_routing", "save_routing"]
+
+
+def save_routing(
+    trace: RoutingTrace, index: int, path: str | Path, result: ConformResult | None, preprocess: PreprocessConfig
+) -> Path:
+    """Write sample ``index`` of ``trace`` with the grid geometry and the native-space transform.
+
+    Arrays per MoE layer ``L``: ``layer{L}_top_k_index (n, k)``, ``layer{L}_top_k_weight
+    (n, k)``, ``layer{L}_scores (n, e)``; plus ``grid_size``, ``transform`` (4×4, template ->
+    native world, NaN when unknown) and ``meta`` (JSON: preprocess config, layer indices).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {}
+    for layer in trace:
+        key = f"layer{layer.layer_index}"
+        arrays[f"{key}_top_k_index"] = layer.top_k_index[index].numpy().astype(np.int16)
+        arrays[f"{key}_top_k_weight"] = layer.top_k_weight[index].float().numpy()
+        arrays[f"{key}_scores"] = layer.scores[index].float().numpy()
+    transform = None if result is None else result.transform
+    arrays["transform"] = np.full((4, 4), np.nan) if transform is None else np.asarray(transform, dtype=np.float64)
+    arrays["grid_size"] = np.asarray(trace.grid_size or (), dtype=np.int64)
+    meta = {"preprocess": preprocess.to_dict(), "layers": trace.layer_indices,
+            "source": None if result is None else str(result.path)}
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def load_routing(path: str | Path) -> tuple[RoutingTrace, np.ndarray | None, dict[str, Any]]:
+    """Inverse of :func:`save_routing`: a one-sample trace, the transform (or None) and the meta."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        layers = {}
+        for index in meta["layers"]:
+            key = f"layer{index}"
+            layers[index] = LayerTrace(
+                index,
+                torch.from_numpy(data[f"{key}_top_k_index"].astype(np.int64))[None],
+                torch.from_numpy(data[f"{key}_top_k_weight"])[None],
+                torch.from_numpy(data[f"{key}_scores"])[None],
+            )
+        grid = tuple(int(g) for g in data["grid_size"]) or None
+        transform = data["transform"]
+    return RoutingTrace(layers, grid), (None if np.isnan(transform).any() else transform), meta

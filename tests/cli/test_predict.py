@@ -1,0 +1,170 @@
+"""``ermoe-ba predict`` / ``merge`` / ``demo`` through typer's test runner, on real IXI scans."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ermoe_ba.cli.main import app
+from ermoe_ba.inference.routing_io import load_routing
+from ermoe_ba.inference.table import PREDICTION_COLUMNS, read_table
+from ermoe_ba.models import create_model
+from ermoe_ba.training.checkpoint import build_meta, save_checkpoint
+
+runner = CliRunner()
+GOOD = ["IXI013-HH-1212", "IXI014-HH-1236", "IXI033-HH-1259"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny model with known target statistics and bias correction."""
+    torch.manual_seed(0)
+    model = create_model("ermoe_ba_tiny", embed_dim=32, depth=2, num_heads=2)
+    meta = build_meta(model, "ermoe_ba_tiny", model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},
+                      target={"mean": 50.0, "std": 15.0},
+                      bias_correction={"slope": 0.5, "intercept": 25.0, "n": 10, "fitted_on": "test"})
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model, meta)
+
+
+@pytest.fixture(scope="module")
+def scans(ixi_dir, tmp_path_factory) -> Path:
+    """Three good IXI scans plus bad inputs: truncated, not an image, 2D, 4D, all zero."""
+    folder = tmp_path_factory.mktemp("scans")
+    for sid in GOOD:
+        shutil.copy(ixi_dir / "t1" / f"{sid}_T1.nii.gz", folder)
+    raw = gzip.decompress((folder / f"{GOOD[0]}_T1.nii.gz").read_bytes())
+    (folder / "truncated.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 3])[: 5000])
+    (folder / "notes.nii").write_text("not an image")
+    nib.save(nib.Nifti1Image(np.random.rand(64, 64).astype(np.float32), np.eye(4)), folder / "flat2d.nii.gz")
+    nib.save(nib.Nifti1Image(np.random.rand(32, 32, 32, 3).astype(np.float32), np.eye(4)), folder / "fmri4d.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.eye(4)), folder / "zeros.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ages_table(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ages") / "ages.csv"
+    pd.DataFrame({"subject_id": [f"{s}_T1" for s in GOOD], "age": [46.71, 34.24, 24.76]}).to_csv(path, index=False)
+    return path
+
+
+def _predict(*args: str):
+    return runner.invoke(app, ["predict", *map(str, args)], catch_exceptions=False)
+
+
+@pytest.mark.slow
+def test_bad_inputs_get_error_rows_and_good_scans_get_ages(checkpoint, scans, ages_table, tmp_path):
+    out = tmp_path / "pred.csv"
+    result = _predict(scans, "--out", out, "--model", checkpoint, "--device", "cpu", "--ages", ages_table,
+                      "--batch-size", "2", "--quiet")
+    assert result.exit_code == 1
+    table = read_table(out)
+    assert list(table.columns) == list(PREDICTION_COLUMNS)
+    assert len(table) == 8
+    by_id = table.set_index("subject_id")
+    for sid in GOOD:
+        row = by_id.loc[f"{sid}_T1"]
+        assert row["status"] == "ok" and np.isfinite(row["predicted_age"]) and row["error"] == ""
+        assert row["brain_age_gap"] == pytest.approx(row["predicted_age"] - row["age"], abs=1e-3)
+        corrected = (row["predicted_age"] - 25.0) / 0.5
+        assert row["brain_age_gap_corrected"] == pytest.approx(corrected - row["age"], abs=1e-3)
+    for bad in ["truncated", "notes", "flat2d", "fmri4d", "zeros"]:
+        row = by_id.loc[bad]
+        assert row["status"] == "error" and pd.isna(row["predicted_age"])
+        assert bad in row["error"] and "\n" not in row["error"]
+
+
+@pytest.mark.slow
+def test_resume_after_a_killed_run_gives_the_same_table(checkpoint, scans, tmp_path, monkeypatch):
+    inputs = [scans / f"{s}_T1.nii.gz" for s in GOOD]
+    whole = tmp_path / "whole.csv"
+    assert _predict(*inputs, "--out", whole, "--model", checkpoint, "--device", "cpu", "-q").exit_code == 0
+
+    from ermoe_ba.inference.predictor import BrainAgePredictor
+
+    real = BrainAgePredictor._predict_batch
+    calls = {"n": 0}
+
+    def dies_after_first_batch(self, batch, routing_dir):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt("killed")
+        return real(self, batch, routing_dir)
+
+    killed = tmp_path / "killed.csv"
+    monkeypatch.setattr(BrainAgePredictor, "_predict_batch", dies_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--batch-size", "1", "-q")
+    assert len(read_table(killed)) == 1
+    monkeypatch.setattr(BrainAgePredictor, "_predict_batch", real)
+    resumed = _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--resume")
+    assert resumed.exit_code == 0
+    assert "resuming: 1 of 3" in resumed.output
+    pd.testing.assert_frame_equal(read_table(killed), read_table(whole))
+
+
+@pytest.mark.slow
+def test_two_parts_merged_equal_one_run(checkpoint, scans, tmp_path):
+    inputs = [scans / f"{s}_T1.nii.gz" for s in GOOD]
+    whole = tmp_path / "whole.tsv"
+    assert _predict(*inputs, "--out", whole, "--model", checkpoint, "--device", "cpu", "-q").exit_code == 0
+    parts = []
+    for part in range(2):
+        path = tmp_path / f"part{part}.tsv"
+        args = ["--num-parts", "2", "--part-id", str(part)]
+        assert _predict(*inputs, "--out", path, "--model", checkpoint, "--device", "cpu", *args, "-q").exit_code == 0
+        parts.append(path)
+    assert len(read_table(parts[0])) == 2 and len(read_table(parts[1])) == 1
+    merged = tmp_path / "merged.tsv"
+    assert runner.invoke(app, ["merge", *map(str, parts), "--out", str(merged)]).exit_code == 0
+    pd.testing.assert_frame_equal(read_table(merged), read_table(whole))
+
+
+@pytest.mark.slow
+def test_save_routing_writes_a_trace_per_scan(checkpoint, scans, tmp_path):
+    routing = tmp_path / "routing"
+    scan = scans / f"{GOOD[0]}_T1.nii.gz"
+    result = _predict(scan, "--out", tmp_path / "p.csv", "--model", checkpoint, "--device", "cpu",
+                      "--save-routing", routing, "-q")
+    assert result.exit_code == 0
+    trace, transform, meta = load_routing(routing / f"{GOOD[0]}_T1.npz")
+    assert trace.layer_indices == [1]
+    assert trace.grid_size == (5, 6, 5)
+    assert trace[1].top_k_index.shape == (1, 150, 2)
+    assert transform is not None and transform.shape == (4, 4)
+    assert meta["preprocess"]["grid_shape"] == [80, 96, 80]
+
+
+@pytest.mark.slow
+def test_no_register_and_workers_options(checkpoint, scans, tmp_path):
+    scan = scans / f"{GOOD[1]}_T1.nii.gz"
+    out = tmp_path / "p.csv"
+    result = _predict(scan, scans / f"{GOOD[2]}_T1.nii.gz", "--out", out, "--model", checkpoint, "--device",
+                      "cpu", "--no-register", "--workers", "2", "-q")
+    assert result.exit_code == 0
+    assert read_table(out)["status"].tolist() == ["ok", "ok"]
+
+
+def test_usage_errors_exit_2(checkpoint, tmp_path):
+    scan = tmp_path / "x.nii.gz"
+    assert _predict(scan, "--device", "tpu").exit_code == 2
+    assert _predict(scan, "--num-parts", "2", "--part-id", "2").exit_code == 2
+    assert _predict(scan, "--ages", tmp_path / "missing.csv").exit_code == 2
+    unknown = _predict(scan, "--model", "no_such_model", "--out", tmp_path / "p.csv")
+    assert unknown.exit_code == 2 and "no_such_model" in unknown.output
+    assert runner.invoke(app, ["predict", "--batch-size", "0", str(scan)]).exit_code == 2
+
+
+def test_help_lists_every_option():
+    text = runner.invoke(app, ["predict", "--help"], terminal_width=200).output
+    for option in ["--out", "--model", "--device", "--batch-size", "--workers", "--no-register", "--resume",
+                   "--num-parts", "--part-id", "--ages", "--save-routing", "--quiet"]:
+        assert option in text
