@@ -91,7 +91,10 @@ def train_brain_age(
     except ValueError as err:
         log.warning("no age-bias correction stored: %s", err)
         correction = AgeBiasCorrection()
-    val_metrics = brain_age_metrics(ages[val_idx], val_pred, correction.apply(val_pred))
+    if len(val_idx) >= 2:
+        val_metrics = brain_age_metrics(ages[val_idx], val_pred, correction.apply(val_pred))
+    else:  # too few validation scans for correlations; report the error alone
+        val_metrics = {"n": len(val_idx), "mae": float(np.abs(val_pred - ages[val_idx]).mean())}
     training_data = {
         **data.subset(train_idx).describe(),
         "validation_subject_ids": [data.subject_ids[i] for i in val_idx],

@@ -1,0 +1,47 @@
+"""``ermoe-ba evaluate``: score a checkpoint on scans with known ages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ermoe_ba.cli.main import app
+
+__all__ = ["evaluate"]
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint written by `ermoe-ba train`."),
+    inputs: list[Path] = typer.Argument(..., help="Scans with ages: table, BIDS dataset, folders or files."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for metrics.json, predictions.csv and scatter.png."
+    ),
+    ages: Path | None = typer.Option(None, "--ages", help="Table of subject_id, age (overrides input ages)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel conforming processes."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Conformed-volume cache folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """MAE, RMSE, Pearson r, R², brain-age-gap slope, raw and bias-corrected; prints one JSON line.
+
+    The bias correction is the one stored in the checkpoint, never refitted on these scans.
+    Exit code 2 on usage errors (missing checkpoint, no scans with ages).
+    """
+    from ermoe_ba.data.discovery import DiscoveryError
+    from ermoe_ba.models.config import PreprocessConfig
+    from ermoe_ba.training.checkpoint import read_meta
+    from ermoe_ba.training.data import load_cohort
+    from ermoe_ba.training.evaluate import evaluate_checkpoint
+
+    try:
+        preprocess = PreprocessConfig.from_dict(read_meta(checkpoint)["preprocess"])
+        data = load_cohort(inputs, ages, preprocess, cache_dir, progress=progress, workers=workers)
+        metrics = evaluate_checkpoint(checkpoint, data, out, device=device, batch_size=batch_size)
+    except (DiscoveryError, FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "bias_correction"}))

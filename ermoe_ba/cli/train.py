@@ -1,0 +1,106 @@
+"""``ermoe-ba train``: train a brain-age model on conformed scans with known ages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ermoe_ba.cli.main import app
+
+__all__ = ["parse_overrides", "train"]
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["embed_dim=128", "patch_size=[8,8,8]"]`` -> ``{"embed_dim": 128, "patch_size": [8, 8, 8]}``.
+
+    Values are parsed as JSON when possible, else kept as strings.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@app.command()
+def train(
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="Scans with ages: a CSV/TSV table (path, subject_id, age), a BIDS dataset, folders or files.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (.safetensors or .pt)."),
+    ages: Path | None = typer.Option(None, "--ages", help="Table of subject_id, age (overrides input ages)."),
+    model: str = typer.Option("ermoe_ba_tiny", "--model", "-m", help="Registered model name."),
+    router: str | None = typer.Option(
+        None, "--router", help="ermoe, softmax, softmax+lbl or dense (default: the model's own)."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help="ModelConfig override KEY=VALUE (repeatable)."),
+    epochs: int = typer.Option(60, "--epochs", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    patience: int = typer.Option(20, "--patience", min=0, help="Early-stopping patience in epochs (0: off)."),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", help="Subjects held out for early stopping."),
+    augment: str = typer.Option("fast", "--augment", help="fast, monai or none."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel conforming processes."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Conformed-volume cache folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a brain-age model and write a self-describing checkpoint.
+
+    Runs as one process or under ``torchrun --nproc-per-node N`` (DDP). Prints the validation
+    metrics as one JSON line. Exit code 2 on usage errors.
+    """
+    from ermoe_ba.data.discovery import DiscoveryError
+    from ermoe_ba.models.config import PreprocessConfig
+    from ermoe_ba.training.augment import AugmentConfig
+    from ermoe_ba.training.config import TrainConfig
+    from ermoe_ba.training.data import load_cohort
+    from ermoe_ba.training.distributed import cleanup_distributed, init_distributed, is_main_process
+    from ermoe_ba.training.run import train_brain_age
+
+    try:
+        model_overrides = parse_overrides(overrides)
+        if router is not None:
+            model_overrides["router"] = router
+        config = TrainConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+            device=device, seed=seed, progress=progress, augment=AugmentConfig(kind=augment),
+        )  # fmt: skip
+        _check_model(model, model_overrides)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    init_distributed()
+    try:
+        data = load_cohort(inputs, ages, PreprocessConfig(), cache_dir, progress=progress, workers=workers)
+        result = train_brain_age(data, out, model, model_overrides, config, val_fraction=val_fraction)
+    except (DiscoveryError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        cleanup_distributed()
+    if is_main_process():
+        line = {"checkpoint": str(result.checkpoint), "n_scans": len(data), "skipped": len(data.skipped)}
+        line.update({k: v for k, v in result.val_metrics.items() if k != "corrected"})
+        typer.echo(json.dumps(line))
+
+
+def _check_model(name: str, overrides: dict) -> None:
+    """Fail before any conforming when the model name or an override is wrong."""
+    import ermoe_ba.models.sfcn  # noqa: F401  (registers the CNN peer)
+    from ermoe_ba.models import create_model
+
+    try:
+        create_model(name, **overrides)
+    except TypeError as err:
+        raise ValueError(f"bad model override for {name!r}: {err}") from None

@@ -1,0 +1,87 @@
+"""Cross-validation: bias correction never sees the test fold, resume skips finished folds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from ermoe_ba.training.augment import AugmentConfig
+from ermoe_ba.training.bias import BiasLeakageError
+from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.cv import cross_validate, summarize
+from ermoe_ba.training.data import VolumeSet
+from ermoe_ba.training.methods import ClassicalMethod, DeepMethod, FoldPrediction
+from ermoe_ba.training.splits import FoldSplit, cv_splits
+
+
+@dataclass
+class BrainMeanMethod:
+    """Linear fit of age on mean brain intensity: cheap, deterministic, shrinks towards the mean."""
+
+    name: str = "brain_mean"
+    leak: bool = False
+    calls: list[int] = field(default_factory=list)
+
+    def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
+        self.calls.append(split.fold)
+        feature = data.volumes.float().mean(dim=(1, 2, 3, 4)).numpy()
+        slope, intercept = np.polyfit(feature[split.train], data.ages[split.train], 1)
+        pred = 0.5 * (slope * feature + intercept) + 0.5 * data.ages[split.train].mean()
+        calib = np.concatenate([split.val, split.test]) if self.leak else split.val
+        return FoldPrediction(calib, pred[calib], pred[split.test], {"load": {}})
+
+    def describe(self) -> dict:
+        return {"kind": "stub"}
+
+
+@pytest.fixture(scope="module")
+def folds(synthetic):
+    return cv_splits(synthetic.ages, synthetic.subject_ids, n_splits=3, val_fraction=0.25, seed=0)
+
+
+def test_planted_test_fold_outliers_do_not_move_the_bias_correction(tmp_path, synthetic, folds):
+    clean = cross_validate([BrainMeanMethod()], synthetic, folds, tmp_path / "a")["brain_mean"]
+    s = synthetic
+    poisoned = VolumeSet(s.volumes, s.ages.copy(), s.subject_ids, s.preprocess)
+    poisoned.ages[folds[0].test] = 150.0  # outlier ages in fold 0's test part only
+    dirty = cross_validate([BrainMeanMethod()], poisoned, folds[:1], tmp_path / "b")["brain_mean"]
+    assert dirty[0]["bias_correction"] == clean[0]["bias_correction"]
+    assert dirty[0]["bias_correction"]["n"] == len(folds[0].val)
+    assert dirty[0]["metrics"]["mae"] > clean[0]["metrics"]["mae"] + 50  # the outliers were scored
+
+
+def test_a_method_that_calibrates_on_test_scans_is_stopped(tmp_path, synthetic, folds):
+    with pytest.raises(BiasLeakageError):
+        cross_validate([BrainMeanMethod(leak=True)], synthetic, folds, tmp_path)
+
+
+def test_resume_skips_finished_folds_and_summary_matches_folds(tmp_path, synthetic, folds):
+    method = BrainMeanMethod()
+    cross_validate([method], synthetic, folds, tmp_path, only_folds=[1])
+    assert method.calls == [1] and (tmp_path / "brain_mean" / "fold1.json").is_file()
+    results = cross_validate([method], synthetic, folds, tmp_path)
+    assert method.calls == [1, 0, 2]  # fold 1 was loaded, not rerun
+    summary = summarize(results)["brain_mean"]
+    files = [tmp_path / "brain_mean" / f"fold{k}.json" for k in range(3)]
+    maes = [json.loads(f.read_text())["metrics"]["mae"] for f in files]
+    assert summary["mae"]["mean"] == pytest.approx(np.mean(maes))
+    assert summary["mae"]["sd"] == pytest.approx(np.std(maes, ddof=1))
+    assert summary["pooled"]["n"] == len(synthetic)
+
+
+def test_deep_and_classical_methods_report_fold_results_and_load(tmp_path, synthetic, folds):
+    recipe = TrainConfig(epochs=2, batch_size=8, progress=False, augment=AugmentConfig(kind="none"))
+    moe = DeepMethod("ermoe", "ermoe_ba_tiny", {"patch_size": 8, "embed_dim": 32, "num_heads": 2}, recipe)
+    methods = [moe, ClassicalMethod(factor=2, n_components=5, inner_folds=3)]
+    results = cross_validate(methods, synthetic, folds[:1], tmp_path)
+    deep = results["ermoe"][0]
+    assert deep["n_test"] == len(folds[0].test) and len(deep["predicted"]) == len(folds[0].test)
+    layers = deep["load"]
+    assert layers and all(0.0 <= v["normalized_entropy"] <= 1.0 for v in layers.values())
+    expected_tokens = len(folds[0].test) * 64 * moe.build(synthetic, 0).config.top_k
+    assert all(sum(v["tokens_per_expert"]) == expected_tokens for v in layers.values())
+    assert deep["parameters"]["active"] < deep["parameters"]["total"]
+    assert results["pca_ridge"][0]["best_alpha"] > 0
