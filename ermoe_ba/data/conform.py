@@ -75,8 +75,11 @@ class Conformer:
     """
 
     def __init__(self, config: PreprocessConfig | None = None, cache_dir: str | Path | None = None) -> None:
+        from ermoe_ba.data.pipeline import registration_settings
+
         self.config = config or PreprocessConfig()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        registration_settings(self.config)  # a bad override is a usage error, raised here, not per scan
 
     def __call__(self, item: str | Path | ScanRecord) -> ConformResult:
         """Conform one scan; never raises for bad input."""

@@ -15,12 +15,12 @@ import SimpleITK as sitk
 
 from ermoe_ba.data.io import ScanError, load_scan
 from ermoe_ba.data.qc import qc_failures, similarity_score
-from ermoe_ba.data.registration import bias_correct, register
+from ermoe_ba.data.registration import RegistrationSettings, bias_correct, register
 from ermoe_ba.data.sitk_utils import array_to_sitk, grid_reference
 from ermoe_ba.data.template import grid_mask, grid_template, load_template
 from ermoe_ba.models.config import PreprocessConfig
 
-__all__ = ["head_scaled", "normalise_intensity", "run_pipeline"]
+__all__ = ["head_scaled", "normalise_intensity", "registration_settings", "run_pipeline"]
 
 
 def head_scaled(image: sitk.Image) -> sitk.Image:
@@ -37,6 +37,18 @@ def head_scaled(image: sitk.Image) -> sitk.Image:
     if scale <= 0:
         raise ValueError("no contrast after intensity scaling")
     return sitk.Cast((image - low) * (1.0 / scale), sitk.sitkFloat32)
+
+
+def registration_settings(config: PreprocessConfig) -> RegistrationSettings:
+    """Defaults, overridden by ``config.extra["registration"]`` (field names of RegistrationSettings)."""
+    overrides = dict(config.extra.get("registration", {}))
+    known = set(RegistrationSettings.__dataclass_fields__)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown registration settings {unknown} in PreprocessConfig.extra; known: {sorted(known)}"
+        )
+    return RegistrationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 def run_pipeline(path: str | Path, config: PreprocessConfig) -> dict[str, Any]:
@@ -65,7 +77,7 @@ def run_pipeline(path: str | Path, config: PreprocessConfig) -> dict[str, Any]:
     attempts = 0
     if config.register:
         try:
-            result = register(image, load_template(config.template))
+            result = register(image, load_template(config.template), registration_settings(config))
         except ValueError as err:
             raise ScanError(path, f"registration failed: {err}") from None
         transform, matrix = result.transform, result.matrix
