@@ -1,18 +1,22 @@
 """Quality control of a conformed scan: a similarity score and a rule for failed registrations.
 
 The score is the Pearson correlation between the conformed scan and the template inside the
-template brain mask. It is reported, not thresholded tightly: on the IXI development set it
-ranges about 0.37-0.61 and falls with age (large ventricles of old brains look less like the
-template), so a tight threshold would drop old subjects and bias every age result.
+template brain mask. It is reported, not thresholded tightly: on the 133 IXI development scans
+it ranges 0.32-0.59 and falls with age (r = -0.33; large ventricles of old brains look less
+like the template), so a tight threshold would drop old subjects and bias every age result.
 
 ``qc_fail`` is reserved for signs that registration itself failed (:data:`QC_RULE`):
 
-- final Mattes MI above ``max_metric`` (good scans: about -0.47 to -0.38; a brain locked onto
-  the wrong structure or a scan that is not a head ends near -0.2 or above);
+- final Mattes MI above ``max_metric`` (development set: -0.52 to -0.33; a brain registered
+  50 mm off ends near -0.05);
 - isotropic scale of the similarity stage or the cube root of the affine determinant outside
-  ``scale_range`` (adult heads: 0.8-1.0 of the template);
-- anisotropy (largest / smallest singular value of the affine) above ``max_anisotropy``;
-- a similarity score below ``min_score``, far under any brain of any age seen so far.
+  ``scale_range`` (development set: 0.80-0.95 of the template);
+- anisotropy (largest / smallest singular value of the affine) above ``max_anisotropy``
+  (development set: 1.06-1.32);
+- a similarity score below ``min_score``: no brain of any age scored under 0.32, while a
+  registration 50 mm off scores about 0.0.
+
+All 133 development scans pass; the thresholds sit well outside their observed ranges.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class QCRule:
 
     max_metric: float = -0.30
     scale_range: tuple[float, float] = (0.70, 1.10)
-    max_anisotropy: float = 1.35
+    max_anisotropy: float = 1.5
     min_score: float = 0.25
 
     def to_dict(self) -> dict:
