@@ -196,7 +196,10 @@ def _source(name_or_path: str, labels: str | Path | pd.DataFrame | None, voxel_s
 
 
 @functools.lru_cache(maxsize=16)
-def _grid_labels(name_or_path: str, labels_key: str | None, shape: tuple, affine: tuple, voxel: float):
+def _grid_labels(
+    name_or_path: str, labels_key: str | None, shape: tuple, affine: tuple, voxel: float, stamp: int
+):
+    """Cached by atlas, labels, grid and ``stamp`` (file modification time, so edits are seen)."""
     from nilearn.image import resample_img
 
     labels = None if labels_key is None else Path(labels_key)
@@ -269,13 +272,16 @@ def load_atlas(
     (['GM', 'WM', 'CSF'], (80, 96, 80))
     """
     affine = tuple(model_grid_affine(config).ravel().tolist())
-    key = str(name_or_path)
+    path = Path(name_or_path)
+    is_file = path.suffix in (".nii", ".gz", ".mgz") or path.exists()
+    key = str(path.resolve()) if is_file else _resolve_name(str(name_or_path))  # one cache entry per atlas
     grid, table, meta = _grid_labels(
         key,
         None if labels is None else str(labels),
         tuple(config.grid_shape),
         affine,
         float(config.voxel_size),
+        path.stat().st_mtime_ns if is_file and path.exists() else 0,
     )
     return Atlas(
         name=str(meta["name"]),

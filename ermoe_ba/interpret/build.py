@@ -91,17 +91,17 @@ def _region_tables(traces, layers, atlases, config):
     subject_rows, pooled, nmi_rows = [], [], []
     for layer in layers:
         num_experts = next(iter(traces.values()))[layer].num_experts
-        maps = {
-            sid: np.asarray(expert_label_img(t[layer], t.grid_size, config).dataobj)
-            for sid, t in traces.items()
-        }
-        for atlas in atlases:
-            counts = {sid: region_counts(m, atlas, num_experts) for sid, m in maps.items()}
-            for sid, c in counts.items():
+        counts: dict[str, list[np.ndarray]] = {atlas.name: [] for atlas in atlases}
+        for sid, trace in traces.items():  # one label map at a time keeps memory flat for big cohorts
+            labels = np.asarray(expert_label_img(trace[layer], trace.grid_size, config).dataobj)
+            for atlas in atlases:
+                c = region_counts(labels, atlas, num_experts)
+                counts[atlas.name].append(c)
                 subject_rows.append(table_from_counts(c, atlas).assign(subject_id=sid, layer=layer))
-            total = sum(counts.values())
+        for atlas in atlases:
+            total = sum(counts[atlas.name])
             pooled.append(table_from_counts(total, atlas).assign(layer=layer))
-            per_subject = np.array([nmi_from_counts(c) for c in counts.values()])
+            per_subject = np.array([nmi_from_counts(c) for c in counts[atlas.name]])
             nmi_rows.append(
                 {
                     "layer": layer,
@@ -254,6 +254,7 @@ def build_maps(
     if result.trends is not None:
         trends = result.trends.dropna(subset=["pearson_r"])
         strongest = trends.reindex(trends["pearson_r"].abs().sort_values(ascending=False).index).head(20)
+        strongest = strongest.drop(columns=["intercept"])
         tables["Strongest changes of regional expert share with age"] = strongest
     grid = first.grid_size
     summary = {

@@ -80,6 +80,10 @@ def check_cohort(
                 f"{{layer: experts}} {trace.grid_size}, "
                 f"{ {i: t.num_experts for i, t in trace.layers.items()} } vs {signature[0]}, {signature[1]}"
             )
+        if not len(trace):
+            raise ValueError(
+                f"trace of subject {sid!r} holds no MoE layer; run the model with capture_routing=True"
+            )
         batch = int(next(iter(trace)).top_k_index.shape[0])
         if batch != 1:
             raise ValueError(

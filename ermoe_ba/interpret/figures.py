@@ -149,7 +149,10 @@ def plot_expert_fractions(
     plt = _pyplot()
     num_experts = fraction_img.shape[3]
     bg = _background()
-    fig, axes = plt.subplots(num_experts, 1, figsize=(11, 1.7 * num_experts), facecolor="black")
+    fig, axes = plt.subplots(num_experts, 1, figsize=(11, 1.6 * num_experts + 0.4), facecolor="black")
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.01, top=1 - 0.4 / (1.6 * num_experts + 0.4), hspace=0.05
+    )
     for expert, ax in enumerate(np.atleast_1d(axes)):
         plotting.plot_stat_map(
             _expert_volume(fraction_img, expert, mask),
@@ -159,7 +162,7 @@ def plot_expert_fractions(
             threshold=threshold,
             vmin=0.0,
             vmax=1.0,
-            cmap="hot",
+            cmap="plasma",
             resampling_interpolation="nearest",
             colorbar=expert == 0,
             axes=ax,
@@ -189,7 +192,8 @@ def plot_expert_glass(
     num_experts = fraction_img.shape[3]
     cols = 2
     rows = -(-num_experts // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.4 * rows), facecolor="white")
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.4 * rows + 0.4), facecolor="white")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.4 / (2.4 * rows + 0.4), wspace=0.02)
     axes = np.atleast_1d(axes).ravel()
     for expert in range(num_experts):
         plotting.plot_glass_brain(
