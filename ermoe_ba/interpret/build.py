@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -137,7 +137,7 @@ def build_maps(
     *,
     atlas: str | Path | Atlas | Sequence[str | Path | Atlas] | None = None,
     layers: str | int | Sequence[int] = "all",
-    native: Mapping[str, tuple[np.ndarray, nib.Nifti1Image | str | Path]] | None = None,
+    native: Mapping[str, tuple[Any, nib.Nifti1Image | str | Path]] | None = None,
     ages: Mapping[str, float] | None = None,
     grid_size: Sequence[int] | None = None,
     figures: bool = True,
@@ -163,7 +163,8 @@ def build_maps(
         ``"all"``, ``"last"``, a block index or a list of them.
     native
         ``{subject id: (transform, native image or path)}`` for native-space maps, where
-        ``transform`` is the 4x4 template-world -> native-world matrix of the registration.
+        ``transform`` is the 4x4 template-world -> native-world matrix of the registration (or
+        the subject's ``ConformResult``) and the scan may be a NIfTI/MGZ file or DICOM folder.
     ages
         ``{subject id: age}``; adds ``region_age_trends.tsv`` and its report table.
     grid_size

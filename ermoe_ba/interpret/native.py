@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["NativeGrid", "check_transform", "native_grid", "to_native"]
 
 
-def check_transform(transform: np.ndarray | list[list[float]]) -> np.ndarray:
+def check_transform(transform: np.ndarray | list[list[float]] | None) -> np.ndarray:
     """Validate a 4x4 homogeneous world-to-world transform and return it as float64.
 
     Examples
@@ -27,6 +27,8 @@ def check_transform(transform: np.ndarray | list[list[float]]) -> np.ndarray:
     >>> check_transform(np.eye(4)).shape
     (4, 4)
     """
+    if transform is None:
+        raise ValueError("no registration transform (the scan was not conformed or registration was off)")
     matrix = np.asarray(transform, dtype=np.float64)
     if matrix.shape != (4, 4):
         raise ValueError(

@@ -88,6 +88,8 @@ def test_4d_maps_and_subject_writer_in_native_space(geometry, tmp_path, make_tra
 
 
 def test_transform_validation():
+    with pytest.raises(ValueError, match="no registration transform"):
+        check_transform(None)
     with pytest.raises(ValueError, match="4x4"):
         check_transform(np.eye(3))
     with pytest.raises(ValueError, match="singular"):
