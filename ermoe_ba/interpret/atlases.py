@@ -42,7 +42,7 @@ __all__ = [
 USER_LICENCE = "User-supplied atlas: its licence is not known to ermoe-ba; check it before sharing results."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays and a DataFrame: compare by identity
 class Atlas:
     """A label atlas on the model grid.
 
@@ -174,6 +174,7 @@ def _source(name_or_path: str, labels: str | Path | pd.DataFrame | None, voxel_s
         if not path.exists():
             raise FileNotFoundError(f"atlas file {path} does not exist")
         img = nib.load(str(path), keep_file_open=True) if path.suffix != ".mgz" else nib.load(str(path))
+        img = nib.funcs.squeeze_image(img)  # (x, y, z, 1) label images are 3D, not probabilistic
         if labels is None:
             stem = path.name.split(".")[0]
             found = [p for ext in (".tsv", ".csv") if (p := path.with_name(stem + ext)).exists()]
@@ -258,7 +259,8 @@ def load_atlas(
         The PreprocessConfig whose model grid the atlas is resampled onto.
     labels
         ``index,name`` table (CSV/TSV) for a user image; by default a sibling file with the same
-        stem and ``.tsv``/``.csv`` is used, else regions are named ``region_<value>``.
+        stem and ``.tsv``/``.csv`` is used, else regions are named ``region_<value>``. For a 4D
+        user image, volume ``i`` (from 0) is region ``i + 1`` in the table.
 
     Returns
     -------

@@ -122,6 +122,11 @@ def test_user_probabilistic_atlas_becomes_maximum_probability_labels(tmp_path):
     atlas = load_atlas(tmp_path / "prob.nii.gz", cfg)
     np.testing.assert_array_equal(atlas.data[:, 0, 0], [1, 2, 0, 1])
     assert atlas.labels["name"].tolist() == ["region_1", "region_2"]
+    # a label image stored with a trailing singleton axis is still a label image
+    nib.save(
+        nib.Nifti1Image(np.array([5, 0, 7, 7], np.int16).reshape(4, 1, 1, 1), np.eye(4)), tmp_path / "l.nii"
+    )
+    np.testing.assert_array_equal(load_atlas(tmp_path / "l.nii", cfg).data[:, 0, 0], [5, 0, 7, 7])
 
 
 def test_label_table_needs_index_and_name(tmp_path):
