@@ -149,24 +149,37 @@ class Conformer:
     def _from_cache(
         self, subject_id: str, path: Path, volume: np.ndarray | None, meta: dict
     ) -> ConformResult:
+        from ermoe_ba.data.pipeline import assess_qc
+
         transform = meta.get("transform")
-        error = meta.get("error", "")
-        if error:
-            # The stored message names the file it was computed from; name this one instead.
-            error = f"{path}: {error.split(': ', 1)[-1]}"
+        transform = None if transform is None else np.asarray(transform, dtype=np.float64)
+        registration = dict(meta.get("registration", {}))
+        status, error, reasons = meta["status"], "", []
+        if status != "error":
+            # QC is re-judged with the current rule, so changing a threshold needs no new cache.
+            reasons = assess_qc(
+                volume,
+                meta["qc_score"],
+                transform,
+                registration.get("metric"),
+                registration.get("scale"),
+                self.config,
+            )
+            status = "qc_fail" if reasons else "ok"
+            error = f"{path}: failed QC ({'; '.join(reasons)})" if reasons else ""
         return ConformResult(
             subject_id,
             path,
-            meta["status"],
+            status,
             error=error,
             volume=volume,
             affine=self._grid_affine(),
             qc_score=meta.get("qc_score"),
-            transform=None if transform is None else np.asarray(transform, dtype=np.float64),
+            transform=transform,
             timings=dict(meta.get("timings", {})),
             cached=True,
-            qc_reasons=list(meta.get("qc_reasons", [])),
-            registration=dict(meta.get("registration", {})),
+            qc_reasons=reasons,
+            registration=registration,
         )
 
 

@@ -14,13 +14,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from ermoe_ba.data.io import ScanError, load_scan
-from ermoe_ba.data.qc import qc_failures, similarity_score
+from ermoe_ba.data.qc import qc_failures, similarity_score, tissue_contrast
 from ermoe_ba.data.registration import RegistrationSettings, bias_correct, register
 from ermoe_ba.data.sitk_utils import array_to_sitk, grid_reference
-from ermoe_ba.data.template import grid_mask, grid_template, load_template
+from ermoe_ba.data.template import grid_core_mask, grid_mask, grid_template, load_template
 from ermoe_ba.models.config import PreprocessConfig
 
-__all__ = ["head_scaled", "normalise_intensity", "registration_settings", "run_pipeline"]
+__all__ = ["assess_qc", "head_scaled", "normalise_intensity", "registration_settings", "run_pipeline"]
 
 
 def head_scaled(image: sitk.Image) -> sitk.Image:
@@ -49,6 +49,25 @@ def registration_settings(config: PreprocessConfig) -> RegistrationSettings:
             f"unknown registration settings {unknown} in PreprocessConfig.extra; known: {sorted(known)}"
         )
     return RegistrationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def assess_qc(
+    volume: np.ndarray,
+    score: float,
+    matrix: np.ndarray | None,
+    metric: float | None,
+    scale: float | None,
+    config: PreprocessConfig,
+) -> list[str]:
+    """QC reasons for a conformed volume (see :mod:`ermoe_ba.data.qc`); cheap, so re-run on cache hits.
+
+    The tissue contrast is checked only for ``intensity="robust_zscore"``, the units its
+    threshold is written in.
+    """
+    contrast = None
+    if config.intensity == "robust_zscore":
+        contrast = tissue_contrast(volume, grid_template(config), grid_core_mask(config))
+    return qc_failures(score, matrix if config.register else None, metric, scale, contrast)
 
 
 def run_pipeline(path: str | Path, config: PreprocessConfig) -> dict[str, Any]:
@@ -95,7 +114,7 @@ def run_pipeline(path: str | Path, config: PreprocessConfig) -> dict[str, Any]:
         raise ScanError(path, "the scan does not overlap the template brain after resampling")
     score = similarity_score(raw, grid_template(config), mask)
     volume = normalise_intensity(raw, mask, config)
-    reasons = qc_failures(score, matrix if config.register else None, metric, scale)
+    reasons = assess_qc(volume, score, matrix, metric, scale, config)
     timings["rest"] = time.perf_counter() - start
     return {
         "volume": np.ascontiguousarray(volume, dtype=np.float32),

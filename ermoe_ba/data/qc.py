@@ -14,7 +14,11 @@ like the template), so a tight threshold would drop old subjects and bias every 
 - anisotropy (largest / smallest singular value of the affine) above ``max_anisotropy``
   (development set: 1.06-1.32);
 - a similarity score below ``min_score``: no brain of any age scored under 0.32, while a
-  registration 50 mm off scores about 0.0.
+  registration 50 mm off scores about 0.0;
+- a tissue contrast (:func:`tissue_contrast`, over the brain mask eroded by 10 mm) below
+  ``min_contrast``: where the template has deep white matter the scan must be brighter than
+  where it has ventricles (development set: robust z difference 1.5-2.0; a head-shaped blob
+  with no anatomy: about 0.0, although its outline matches the brain's).
 
 All 133 development scans pass; the thresholds sit well outside their observed ranges.
 """
@@ -25,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["QC_RULE", "QCRule", "qc_failures", "similarity_score"]
+__all__ = ["QC_RULE", "QCRule", "qc_failures", "similarity_score", "tissue_contrast"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class QCRule:
     scale_range: tuple[float, float] = (0.70, 1.10)
     max_anisotropy: float = 1.5
     min_score: float = 0.25
+    min_contrast: float = 0.8
 
     def to_dict(self) -> dict:
         """JSON-serialisable thresholds, stored with every QC table."""
@@ -61,11 +66,28 @@ def similarity_score(volume: np.ndarray, template: np.ndarray, mask: np.ndarray)
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def tissue_contrast(volume: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of ``volume`` where the template is brightest (top 15 %, white matter) minus where it
+    is darkest (bottom 5 %, ventricles and CSF), inside ``mask``; in the units of ``volume``.
+
+    Examples
+    --------
+    >>> t = np.linspace(0, 1, 1000).reshape(10, 10, 10); m = np.ones_like(t, bool)
+    >>> round(tissue_contrast(2 * t, t, m), 2)
+    1.8
+    """
+    values = np.asarray(template)[mask]
+    bright = mask & (template > np.percentile(values, 85))
+    dark = mask & (template < np.percentile(values, 5))
+    return float(np.asarray(volume)[bright].mean() - np.asarray(volume)[dark].mean())
+
+
 def qc_failures(
     score: float,
     matrix: np.ndarray | None = None,
     metric: float | None = None,
     scale: float | None = None,
+    contrast: float | None = None,
     rule: QCRule = QC_RULE,
 ) -> list[str]:
     """Reasons why a registration looks failed; an empty list means it passes.
@@ -78,6 +100,8 @@ def qc_failures(
         4x4 template-to-scan RAS matrix (``None`` when registration was off).
     metric, scale
         Final Mattes MI and the similarity stage's scale (``None`` when registration was off).
+    contrast
+        :func:`tissue_contrast` of the intensity-normalised volume (``None``: not checked).
     """
     reasons = []
     lo, hi = rule.scale_range
@@ -94,4 +118,6 @@ def qc_failures(
             reasons.append(f"affine anisotropy {singular[0] / singular[-1]:.2f} > {rule.max_anisotropy}")
     if not score >= rule.min_score:
         reasons.append(f"similarity to template {score:.3f} < {rule.min_score}")
+    if contrast is not None and not contrast >= rule.min_contrast:
+        reasons.append(f"white matter / CSF contrast {contrast:.2f} < {rule.min_contrast}")
     return reasons

@@ -14,11 +14,14 @@ import SimpleITK as sitk
 from ermoe_ba.data.sitk_utils import array_to_sitk, grid_reference
 from ermoe_ba.models.config import PreprocessConfig
 
-__all__ = ["Template", "grid_mask", "grid_template", "load_template"]
+__all__ = ["Template", "grid_core_mask", "grid_mask", "grid_template", "load_template"]
 
 # Dilating the fixed-image metric mask by this much lets Mattes MI see the dark CSF/skull ring
 # around the brain, which anchors the brain's outline (PREPROCESSING.md).
 METRIC_MASK_DILATION_MM = 8.0
+# Depth of the "core" mask used by the tissue-contrast QC: deep enough that a head-shaped blob
+# aligned on the brain's outline cannot fake the white matter / ventricle contrast.
+CORE_MARGIN_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,9 @@ def load_template(name: str = "mni152_2009") -> Template:
 @functools.lru_cache(maxsize=8)
 def _grid_arrays(
     template: str, voxel_size: float, shape: tuple[int, int, int], origin: tuple[float, float, float]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from scipy.ndimage import binary_erosion
+
     config = PreprocessConfig(template=template, voxel_size=voxel_size, grid_shape=shape, grid_origin=origin)
     reference = grid_reference(config.grid_shape, config.grid_affine())
     tpl = load_template(template)
@@ -88,9 +93,10 @@ def _grid_arrays(
         out.append(sitk.GetArrayFromImage(resampled).transpose(2, 1, 0))
     mask = np.ascontiguousarray(out[0] >= 0.5)
     intensities = np.ascontiguousarray(out[1] * mask)
-    for array in (mask, intensities):
+    core = binary_erosion(mask, iterations=max(1, round(CORE_MARGIN_MM / voxel_size)))
+    for array in (mask, intensities, core):
         array.setflags(write=False)
-    return mask, intensities
+    return mask, intensities, core
 
 
 def _grid_key(config: PreprocessConfig) -> tuple:
@@ -100,6 +106,11 @@ def _grid_key(config: PreprocessConfig) -> tuple:
 def grid_mask(config: PreprocessConfig) -> np.ndarray:
     """The template brain mask on the model grid (read-only bool array, ``config.grid_shape``, RAS)."""
     return _grid_arrays(*_grid_key(config))[0]
+
+
+def grid_core_mask(config: PreprocessConfig) -> np.ndarray:
+    """The brain mask eroded by :data:`CORE_MARGIN_MM`: deep tissue only, no brain outline."""
+    return _grid_arrays(*_grid_key(config))[2]
 
 
 def grid_template(config: PreprocessConfig) -> np.ndarray:

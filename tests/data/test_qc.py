@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ermoe_ba.data.qc import QC_RULE, qc_failures, similarity_score
+from ermoe_ba.data.qc import QC_RULE, qc_failures, similarity_score, tissue_contrast
 
 
 def _similarity_matrix(scale: float, stretch: float = 1.0) -> np.ndarray:
@@ -27,6 +27,7 @@ def test_each_failure_sign_is_reported() -> None:
         "affine volume scale": dict(matrix=_similarity_matrix(0.5)),
         "anisotropy": dict(matrix=_similarity_matrix(0.75, 1.9)),
         "similarity to template": dict(score=0.05),
+        "contrast": dict(contrast=0.1),
     }
     for word, change in cases.items():
         reasons = qc_failures(**{**good, **change})
@@ -51,3 +52,12 @@ def test_similarity_score_is_the_masked_pearson_correlation() -> None:
     c[~mask] = 1e6
     assert np.isclose(similarity_score(c, b, mask), expected)
     assert similarity_score(np.zeros_like(a), b, mask) == 0.0
+
+
+def test_tissue_contrast_known_answers() -> None:
+    template = np.linspace(0.0, 1.0, 1000).reshape(10, 10, 10)
+    mask = np.ones_like(template, dtype=bool)
+    # Top 15 % of a uniform ramp averages 0.925, bottom 5 % averages 0.025.
+    assert np.isclose(tissue_contrast(template, template, mask), 0.9, atol=0.01)
+    assert np.isclose(tissue_contrast(-template, template, mask), -0.9, atol=0.01)
+    assert tissue_contrast(np.ones_like(template), template, mask) == 0.0
