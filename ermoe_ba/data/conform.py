@@ -209,7 +209,8 @@ def conform_records(
     """Conform many scans, yielding results in input order.
 
     With ``workers > 1`` scans run in a pool of spawned processes (each with its share of the
-    CPU threads); a crash in one scan never stops the others.
+    CPU threads). A Python exception in one scan becomes that scan's error row; a hard crash of
+    a worker process (e.g. out of memory) stops the batch.
     """
     config = config or PreprocessConfig()
     records = list(records)

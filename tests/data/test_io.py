@@ -75,3 +75,12 @@ def test_sitk_round_trip_and_transform_matrix_known_answer() -> None:
 def test_validate_array_rejects_singular_affine() -> None:
     with pytest.raises(ValueError, match="affine"):
         validate_array(synthetic_head(), np.zeros((4, 4)))
+
+
+def test_mgz_loads_like_nifti(tmp_path: Path) -> None:
+    data = synthetic_head()
+    nifti = load_scan(save_nifti(tmp_path / "a.nii.gz", data))
+    nib.save(nib.MGHImage(data, np.diag([3.0, 3.0, 3.0, 1.0])), tmp_path / "a.mgz")
+    mgz = load_scan(tmp_path / "a.mgz")
+    np.testing.assert_array_equal(mgz.data, nifti.data)
+    np.testing.assert_allclose(mgz.affine, nifti.affine)
