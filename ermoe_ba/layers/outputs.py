@@ -24,7 +24,7 @@ class RoutingInfo(NamedTuple):
         ``(n, e)`` router scores: eigenbasis scores in [0, 1] for ERMoE, softmax
         probabilities for the softmax router.
     dropped
-        Number of token–expert assignments dropped by a capacity limit (0 without one).
+        Number of token-expert assignments dropped by a capacity limit (0 without one).
     """
 
     top_k_index: torch.Tensor

@@ -1,0 +1,146 @@
+"""Benchmark one MoE feed-forward layer against a dense MLP with the same active parameters.
+
+Forward + backward wall time on CPU (2 threads), embed_dim 256, 4096 tokens, top_k 2, for
+num_experts 8 and 16. Every model gets the active parameters of a dense ``Mlp(256, 1024)``:
+the expert widths come from :func:`ermoe_ba.layers.equal_active_hidden`. Cases run interleaved
+(one repeat of every case per round) so load from other processes hits all of them alike; the
+median over rounds is reported. Prints one JSON line and writes it to bench/results/moe_layer.json.
+
+    python bench/moe_layer.py [--quick] [--repeats N] [--no-save]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ermoe_ba.layers import EigenExperts, Mlp, MoELayer, active_parameter_count, equal_active_hidden
+
+EMBED_DIM, TOKENS, TOP_K, DENSE_HIDDEN, EXPERTS = 256, 4096, 2, 1024, (8, 16)
+RESULT = Path(__file__).resolve().parent / "results" / "moe_layer.json"
+
+
+def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        for p in module.parameters():
+            p.grad = None
+        out = module(x)
+        out = out[0] if isinstance(out, tuple) else out
+        out.backward(grad)
+
+    return run
+
+
+def _mixtral(num_experts: int) -> tuple[nn.Module | None, str]:
+    try:
+        from transformers import MixtralConfig
+        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+    except ImportError as error:
+        return None, f"transformers not importable ({error}); not installed for this benchmark"
+    hidden = equal_active_hidden(EMBED_DIM, DENSE_HIDDEN, num_experts, TOP_K, "softmax")
+    config = MixtralConfig(
+        hidden_size=EMBED_DIM, intermediate_size=hidden, num_local_experts=num_experts, num_experts_per_tok=TOP_K
+    )
+    return MixtralSparseMoeBlock(config), f"MixtralSparseMoeBlock, SwiGLU experts of width {hidden}"
+
+
+def _time_cases(cases: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    for run in cases.values():
+        run()  # warm-up: allocator, thread pool, first-call dispatch
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, run in cases.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _orthogonalization_ms(num_experts: int, hidden: int, repeats: int) -> dict[str, float]:
+    banks = {
+        mode: EigenExperts(num_experts, EMBED_DIM, hidden, orthogonalization=mode) for mode in ("qr", "parametrization")
+    }
+
+    def run(bank: EigenExperts) -> Callable[[], None]:
+        def step() -> None:
+            bank.zero_grad(set_to_none=True)
+            v, u = bank.bases()
+            (v.sum() + u.sum()).backward()
+
+        return step
+
+    medians = _time_cases({mode: run(bank) for mode, bank in banks.items()}, repeats)
+    return {mode: round(seconds * 1e3, 3) for mode, seconds in medians.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of the default")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULT.name}")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else args.repeats
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    x = torch.randn(4, TOKENS // 4, EMBED_DIM, requires_grad=True)
+    grad = torch.randn_like(x)
+
+    report: dict[str, object] = {
+        "command": "python " + shlex.join(["bench/moe_layer.py", *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "tokens": TOKENS,
+        "embed_dim": EMBED_DIM,
+        "top_k": TOP_K,
+        "repeats": repeats,
+        "unit": "seconds, median forward+backward",
+        "dense": f"Mlp({EMBED_DIM}, hidden_features={DENSE_HIDDEN}); MoE expert widths from equal_active_hidden",
+        "load_average_before": round(os.getloadavg()[0], 2),
+    }
+    mixtral: dict[str, object] = {}
+    for num_experts in EXPERTS:
+        h_ermoe = equal_active_hidden(EMBED_DIM, DENSE_HIDDEN, num_experts, TOP_K, "ermoe")
+        h_softmax = equal_active_hidden(EMBED_DIM, DENSE_HIDDEN, num_experts, TOP_K, "softmax")
+        modules: dict[str, nn.Module] = {"dense": Mlp(EMBED_DIM, DENSE_HIDDEN)}
+        for router, hidden in (("softmax", h_softmax), ("ermoe", h_ermoe)):
+            for dispatch in ("eager", "sorted"):
+                modules[f"{router}_{dispatch}"] = MoELayer(
+                    EMBED_DIM, hidden, num_experts, TOP_K, router=router, dispatch=dispatch
+                )
+        block, note = _mixtral(num_experts)
+        if block is not None:
+            modules["mixtral"] = block
+        mixtral[f"E{num_experts}"] = note
+        medians = _time_cases({name: _step(m, x, grad) for name, m in modules.items()}, repeats)
+        report[f"E{num_experts}"] = {
+            "hidden": {"dense": DENSE_HIDDEN, "softmax": h_softmax, "ermoe": h_ermoe},
+            "active_parameters": {name: active_parameter_count(m) for name, m in modules.items() if name != "mixtral"},
+            "seconds": {name: round(value, 5) for name, value in medians.items()},
+        }
+        if num_experts == 8:
+            report["ermoe_vs_dense"] = round(medians["ermoe_sorted"] / medians["dense"], 3)
+            report["ermoe_vs_softmax"] = round(medians["ermoe_sorted"] / medians["softmax_sorted"], 3)
+            report["orthogonalization_ms_fwd_bwd"] = _orthogonalization_ms(num_experts, h_ermoe, repeats)
+    report["mixtral"] = mixtral if any("Mixtral" in str(v) for v in mixtral.values()) else None
+    if report["mixtral"] is None:
+        report["mixtral_reason"] = next(iter(mixtral.values()))
+    report["load_average_after"] = round(os.getloadavg()[0], 2)
+    line = json.dumps(report)
+    print(line)
+    if not args.no_save:
+        RESULT.parent.mkdir(parents=True, exist_ok=True)
+        RESULT.write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The mixture-of-experts feed-forward layer: router + expert bank + dispatch backend."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ermoe_ba.layers._checks import check_choice, check_positive_int, check_probability
+from ermoe_ba.layers.dispatch import capacity_keep_mask, get_dispatch
+from ermoe_ba.layers.eigen_experts import EigenExperts
+from ermoe_ba.layers.experts import DenseExperts
+from ermoe_ba.layers.outputs import MoEOutput, RoutingInfo
+from ermoe_ba.layers.routers import EigenbasisRouter, SoftmaxTopKRouter, token_norms
+
+__all__ = ["ROUTERS", "MoELayer"]
+
+ROUTERS = ("ermoe", "softmax")
+
+
+class MoELayer(nn.Module):
+    """Sparse mixture-of-experts replacement for a transformer block's MLP.
+
+    ``router="ermoe"``: eigen-form experts routed by the eigenbasis score ``||V_eᵀ x|| / ||x||``;
+    the projection ``V_eᵀ x`` is computed once (one matmul for all experts) and feeds both the
+    router and the experts' first layer. ``router="softmax"``: dense experts behind a learned
+    softmax top-k router (Mixtral style) with optional Switch balance loss and z-loss.
+
+    Axis letters: ``n`` flattened tokens, ``k`` experts per token, ``e`` experts.
+
+    Parameters
+    ----------
+    dim
+        Token width ``d`` (``in_features`` is accepted as an alias, so the class can stand in for
+        :class:`~ermoe_ba.layers.mlp.Mlp` as a block's ``mlp_layer`` via ``functools.partial``).
+    hidden_features
+        Hidden width of each expert (default ``dim``); see
+        :func:`~ermoe_ba.layers.sizing.equal_active_hidden` to match a dense MLP's active size.
+    num_experts, top_k
+        ``e`` and ``k``.
+    router
+        ``"ermoe"`` or ``"softmax"``.
+    expert_rank
+        Basis rank ``r < dim`` of the eigen experts (default ``dim // num_experts``).
+    balance_loss_weight, z_loss_weight
+        Softmax router auxiliary losses (ignored by ERMoE, which needs none).
+    route_threshold
+        ERMoE score threshold below which experts are ineligible (a token still gets ``k``).
+    dispatch
+        Registered backend name (``"sorted"`` fast path, ``"eager"`` reference).
+    capacity_factor
+        None (default): no token is ever dropped. Otherwise each expert takes at most
+        ``ceil(capacity_factor · n · k / e)`` slots and the overflow count is reported.
+    disjoint_bases
+        Keep the ERMoE input bases mutually orthogonal.
+    act_layer
+        Activation class of the experts.
+    orthogonality_weight
+        Weight of the soft penalty ``Σ ||BᵀB - I||²_F`` on the raw ERMoE bases (default 0).
+    gate, temperature
+        ERMoE gate normalisation (``"normalize"`` or ``"softmax"``) and softmax temperature.
+    orthogonalization
+        ``"qr"`` or ``"parametrization"`` (see :mod:`ermoe_ba.layers.eigen_experts`).
+    drop
+        Dropout on the layer output.
+
+    Examples
+    --------
+    >>> layer = MoELayer(32, hidden_features=64, num_experts=4, top_k=2)
+    >>> out = layer(torch.randn(2, 10, 32), capture_routing=True)
+    >>> out.output.shape, out.aux_loss.item(), out.routing.top_k_index.shape
+    (torch.Size([2, 10, 32]), 0.0, torch.Size([20, 2]))
+    """
+
+    def __init__(
+        self,
+        dim: int | None = None,
+        hidden_features: int | None = None,
+        num_experts: int = 8,
+        top_k: int = 2,
+        router: str = "ermoe",
+        expert_rank: int | None = None,
+        balance_loss_weight: float = 0.0,
+        z_loss_weight: float = 0.0,
+        route_threshold: float | None = None,
+        dispatch: str = "sorted",
+        capacity_factor: float | None = None,
+        disjoint_bases: bool = False,
+        act_layer: type[nn.Module] = nn.GELU,
+        orthogonality_weight: float = 0.0,
+        *,
+        gate: str = "normalize",
+        temperature: float = 1.0,
+        orthogonalization: str = "qr",
+        drop: float = 0.0,
+        in_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        if dim is None and in_features is None:
+            raise ValueError("MoELayer needs the token width: pass dim (or its alias in_features).")
+        if dim is not None and in_features is not None and dim != in_features:
+            raise ValueError(f"dim={dim} and in_features={in_features} disagree; pass only one of them.")
+        self.dim = check_positive_int("dim", dim if dim is not None else in_features)
+        self.hidden_features = check_positive_int("hidden_features", hidden_features or self.dim)
+        self.num_experts = check_positive_int("num_experts", num_experts)
+        self.top_k = check_positive_int("top_k", top_k)
+        self.router_type = check_choice("router", router, ROUTERS)
+        self.dispatch_name = dispatch
+        self.dispatch_fn = get_dispatch(dispatch)
+        if capacity_factor is not None and capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be > 0 or None, got {capacity_factor}.")
+        self.capacity_factor = capacity_factor
+        if orthogonality_weight < 0:
+            raise ValueError(f"orthogonality_weight must be >= 0, got {orthogonality_weight}.")
+        self.orthogonality_weight = float(orthogonality_weight)
+        self.experts: EigenExperts | DenseExperts
+        if self.router_type == "ermoe":
+            self.router = EigenbasisRouter(num_experts, top_k, route_threshold, gate, temperature)
+            self.experts = EigenExperts(
+                num_experts,
+                self.dim,
+                self.hidden_features,
+                expert_rank,
+                disjoint_bases,
+                orthogonalization,
+                act_layer,
+            )
+        else:
+            self.router = SoftmaxTopKRouter(self.dim, num_experts, top_k, balance_loss_weight, z_loss_weight)
+            self.experts = DenseExperts(num_experts, self.dim, self.hidden_features, act_layer)
+        self.drop = nn.Dropout(check_probability("drop", drop))
+
+    def forward(self, x: torch.Tensor, capture_routing: bool = False) -> MoEOutput:
+        """Apply the layer to the last axis of ``x`` ``(..., d)``.
+
+        Returns a :class:`MoEOutput`; ``routing`` (detached, on flattened tokens) only when
+        ``capture_routing`` is True.
+        """
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"MoELayer(dim={self.dim}) got input of shape {tuple(x.shape)}; last axis must be {self.dim}."
+            )
+        tokens = x.reshape(-1, self.dim)
+        if isinstance(self.experts, EigenExperts):
+            v, u = self.experts.bases()
+            inputs = self.experts.project(tokens, v)  # (n, e, r), shared by router and experts
+            routed = self.router(inputs, token_norms(tokens))
+            weights = self.experts.expert_weights(u)
+        else:
+            routed = self.router(tokens)
+            inputs = tokens.unsqueeze(1)
+            weights = self.experts.expert_weights()
+        keep, dropped = None, 0
+        if self.capacity_factor is not None:
+            keep, dropped = capacity_keep_mask(routed.top_k_index, self.num_experts, self.capacity_factor)
+        gate = routed.top_k_weight.to(x.dtype)
+        out = self.dispatch_fn(inputs, routed.top_k_index, gate, weights, self.experts.act, keep)
+        aux = routed.aux_loss
+        if self.orthogonality_weight and isinstance(self.experts, EigenExperts):
+            aux = aux + self.orthogonality_weight * self.experts.orthogonality_penalty()
+        routing = None
+        if capture_routing:
+            routing = RoutingInfo(
+                routed.top_k_index.detach(), routed.top_k_weight.detach(), routed.scores.detach(), dropped
+            )
+        return MoEOutput(self.drop(out).reshape(x.shape), aux, routing)
+
+    def active_parameter_count(self) -> int:
+        """Parameters one token touches: the router, all bases (ERMoE scores need them) and ``k`` experts."""
+        router = sum(p.numel() for p in self.router.parameters())
+        return router + self.experts.active_parameter_count(self.top_k)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, hidden_features={self.hidden_features}, num_experts={self.num_experts}, "
+            f"top_k={self.top_k}, router={self.router_type!r}, dispatch={self.dispatch_name!r}, "
+            f"capacity_factor={self.capacity_factor}"
+        )
