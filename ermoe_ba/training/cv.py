@@ -90,7 +90,7 @@ def cross_validate(
     resume: bool = True,
     only_folds: Sequence[int] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Run every method on every fold (skipping finished ones when ``resume``).
+    """Run every method on every fold, fold by fold (skipping finished ones when ``resume``).
 
     Returns
     -------
@@ -99,10 +99,10 @@ def cross_validate(
     """
     out_dir = Path(out_dir)
     results: dict[str, list[dict[str, Any]]] = {m.name: [] for m in methods}
-    for method in methods:
-        for split in folds:
-            if only_folds is not None and split.fold not in only_folds:
-                continue
+    for split in folds:  # fold-major: partial runs already compare every method on the same folds
+        if only_folds is not None and split.fold not in only_folds:
+            continue
+        for method in methods:
             path = out_dir / method.name / f"fold{split.fold}.json"
             if resume and path.is_file():
                 results[method.name].append(json.loads(path.read_text()))

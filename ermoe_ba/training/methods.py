@@ -52,16 +52,10 @@ class Method(Protocol):
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """Total parameters and parameters active per token (one expert set of ``top_k`` per MoE layer)."""
-    total = sum(p.numel() for p in model.parameters())
-    config = getattr(model, "config", None)
-    inactive = 0
-    for module in model.modules():
-        experts = getattr(module, "num_experts", None)
-        if experts and module is not model and hasattr(module, "experts") and config is not None:
-            expert_params = sum(p.numel() for p in module.experts.parameters())
-            inactive += expert_params * (experts - config.top_k) // experts
-    return {"total": int(total), "active": int(total - inactive)}
+    """Total parameters and parameters one token touches (router, bases and ``top_k`` experts)."""
+    from ermoe_ba.layers import active_parameter_count
+
+    return {"total": sum(p.numel() for p in model.parameters()), "active": active_parameter_count(model)}
 
 
 @dataclass

@@ -27,6 +27,7 @@ GRID = PreprocessConfig(grid_shape=(32, 32, 32), grid_origin=(-32.0, -32.0, -32.
     [
         ("sfcn_tiny", {"channels": (4, 8, 16)}),
         ("ermoe_ba_tiny", {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "router": "softmax"}),
+        ("ermoe_ba_tiny", {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "router": "ermoe"}),
     ],
 )
 def test_round_trip_gives_identical_predictions(tmp_path, synthetic, suffix, name, overrides):
@@ -41,7 +42,11 @@ def test_round_trip_gives_identical_predictions(tmp_path, synthetic, suffix, nam
     loaded, meta2 = load_checkpoint(path)
     x = synthetic.volumes[:5].float()
     with torch.no_grad():
-        assert torch.equal(model(x).output, loaded(x).output)
+        before, after = model(x).output, loaded(x).output
+    if overrides.get("router") == "ermoe":  # loading re-orthonormalises the bases: float32 rounding only
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(before, after)
     assert ModelConfig.from_dict(meta2["model_config"]) == model.config == loaded.config
     assert meta2["preprocess"]["grid_shape"] == list(GRID.grid_shape)
     assert meta2["package_version"] == __version__ and meta2["target"] == {"mean": 50, "std": 15}
