@@ -14,7 +14,9 @@ __all__ = ["merge"]
 
 @app.command()
 def merge(
-    parts: Annotated[list[Path], typer.Argument(help="Part tables written by predict --num-parts/--part-id.")],
+    parts: Annotated[
+        list[Path], typer.Argument(help="Part tables written by predict --num-parts/--part-id.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Merged table.")] = Path("predictions.csv"),
 ) -> None:
     """Merge part tables (sorted by subject id and path). Exit 1 when some scans are not ok."""

@@ -46,10 +46,16 @@ def run_predict(
     table = PredictionTable(target, resume=resume)
     todo = [r for r in records if not table.done(r.subject_id, r.path)]
     if not quiet and len(todo) < len(records):
-        typer.echo(f"resuming: {len(records) - len(todo)} of {len(records)} scans already in {target}", err=True)
+        typer.echo(
+            f"resuming: {len(records) - len(todo)} of {len(records)} scans already in {target}", err=True
+        )
     for rows in predictor.iter_batches(
-        todo, batch_size=batch_size, workers=workers, register=register,
-        routing_dir=save_routing, progress=not quiet,
+        todo,
+        batch_size=batch_size,
+        workers=workers,
+        register=register,
+        routing_dir=save_routing,
+        progress=not quiet,
     ):
         table.add(rows)
     frame = merge_tables([target], target)  # rows sorted by subject id, as the merge of parts
@@ -75,7 +81,9 @@ def run_predict(
 
 @app.command()
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders, DICOM series, BIDS roots, CSV/TSV tables.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="NIfTI files, folders, DICOM series, BIDS roots, CSV/TSV tables.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions table (.csv or .tsv).")] = Path(
         "predictions.csv"
     ),
@@ -83,12 +91,18 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Scans per model batch.")] = 4,
     workers: Annotated[int, typer.Option(min=1, help="Parallel preprocessing processes.")] = 1,
-    no_register: Annotated[bool, typer.Option("--no-register", help="Scans are already in MNI space.")] = False,
+    no_register: Annotated[
+        bool, typer.Option("--no-register", help="Scans are already in MNI space.")
+    ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip scans already in --out.")] = False,
     num_parts: Annotated[int, typer.Option(min=1, help="Split the scans into this many parts...")] = 1,
     part_id: Annotated[int, typer.Option(min=0, help="...and run only this part (0-based).")] = 0,
-    ages: Annotated[Path | None, typer.Option(help="Table of subject_id, age to compute brain-age gaps.")] = None,
-    save_routing: Annotated[Path | None, typer.Option(help="Folder for per-scan routing traces (.npz).")] = None,
+    ages: Annotated[
+        Path | None, typer.Option(help="Table of subject_id, age to compute brain-age gaps.")
+    ] = None,
+    save_routing: Annotated[
+        Path | None, typer.Option(help="Folder for per-scan routing traces (.npz).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
 ) -> None:
     """Predict brain age for every T1 scan in INPUTS.
@@ -104,8 +118,19 @@ def predict(
         raise typer.BadParameter(f"--ages {ages}: file does not exist")
     try:
         code = run_predict(
-            inputs, out, model, device, batch_size, workers, not no_register, resume, num_parts, part_id,
-            ages, save_routing, quiet,
+            inputs,
+            out,
+            model,
+            device,
+            batch_size,
+            workers,
+            not no_register,
+            resume,
+            num_parts,
+            part_id,
+            ages,
+            save_routing,
+            quiet,
         )
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ermoe_ba.data.conform import ConformResult, Conformer, conform_records
+from ermoe_ba.data.cache import default_cache_dir
+from ermoe_ba.data.conform import Conformer, ConformResult, conform_records
 from ermoe_ba.data.discovery import ScanRecord, discover, subject_id_from_path
 from ermoe_ba.inference.pretrained import DEFAULT_MODEL, resolve_checkpoint
 from ermoe_ba.inference.routing_io import save_routing
@@ -47,7 +48,8 @@ class BrainAgePredictor:
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     cache_dir
-        Where conformed volumes are cached (None: the default cache).
+        Where conformed volumes are cached: None for the default cache (``$ERMOE_BA_CACHE`` or
+        ``~/.cache/ermoe-ba/conformed``), ``False`` for no cache.
 
     Examples
     --------
@@ -57,8 +59,11 @@ class BrainAgePredictor:
     """
 
     def __init__(
-        self, model: torch.nn.Module, meta: dict[str, Any], device: str = "auto",
-        cache_dir: str | Path | None = None,
+        self,
+        model: torch.nn.Module,
+        meta: dict[str, Any],
+        device: str = "auto",
+        cache_dir: str | Path | bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -67,11 +72,14 @@ class BrainAgePredictor:
         self.target_mean = float(meta["target"]["mean"])
         self.target_std = float(meta["target"]["std"])
         self.bias_correction = AgeBiasCorrection.from_dict(meta.get("bias_correction") or None)
-        self.cache_dir = cache_dir
+        self.cache_dir = default_cache_dir() if cache_dir is None else (cache_dir or None)
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path = DEFAULT_MODEL, device: str = "auto", cache_dir: str | Path | None = None
+        cls,
+        name_or_path: str | Path = DEFAULT_MODEL,
+        device: str = "auto",
+        cache_dir: str | Path | bool | None = None,
     ) -> BrainAgePredictor:
         """Load a bundled model by name (``"default"``) or a checkpoint file."""
         model, meta = load_checkpoint(resolve_checkpoint(name_or_path), map_location="cpu")
@@ -105,8 +113,8 @@ class BrainAgePredictor:
         volume = np.asarray(image, dtype=np.float32)
         if volume.shape != tuple(self.preprocess.grid_shape):
             raise ValueError(
-                f"volume of shape {volume.shape} is not in the model grid {tuple(self.preprocess.grid_shape)}; "
-                "pass a file path to conform it first"
+                f"volume of shape {volume.shape} is not in the model grid "
+                f"{tuple(self.preprocess.grid_shape)}; pass a file path to conform it first"
             )
         return float(self._run(volume[None], capture_routing=False)[0][0])
 

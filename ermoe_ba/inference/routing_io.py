@@ -19,7 +19,11 @@ __all__ = ["load_routing", "save_routing"]
 
 
 def save_routing(
-    trace: RoutingTrace, index: int, path: str | Path, result: ConformResult | None, preprocess: PreprocessConfig
+    trace: RoutingTrace,
+    index: int,
+    path: str | Path,
+    result: ConformResult | None,
+    preprocess: PreprocessConfig,
 ) -> Path:
     """Write sample ``index`` of ``trace`` with the grid geometry and the native-space transform.
 
@@ -38,8 +42,11 @@ def save_routing(
     transform = None if result is None else result.transform
     arrays["transform"] = np.full((4, 4), np.nan) if transform is None else np.asarray(transform, dtype=np.float64)
     arrays["grid_size"] = np.asarray(trace.grid_size or (), dtype=np.int64)
-    meta = {"preprocess": preprocess.to_dict(), "layers": trace.layer_indices,
-            "source": None if result is None else str(result.path)}
+    meta = {
+        "preprocess": preprocess.to_dict(),
+        "layers": trace.layer_indices,
+        "source": None if result is None else str(result.path),
+    }
     arrays["meta"] = np.asarray(json.dumps(meta))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
     os.close(fd)

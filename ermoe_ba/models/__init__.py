@@ -9,9 +9,9 @@ from ermoe_ba.models.transformer import ModelOutput, MoETransformer, TrunkOutput
 
 __all__ = [
     "ROUTERS",
+    "MoETransformer",
     "ModelConfig",
     "ModelOutput",
-    "MoETransformer",
     "PreprocessConfig",
     "TrunkOutput",
     "create_model",

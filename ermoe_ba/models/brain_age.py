@@ -50,5 +50,7 @@ def ermoe_ba_small(**overrides: Any) -> MoETransformer:
 @register_model("ermoe_ba_base")
 def ermoe_ba_base(**overrides: Any) -> MoETransformer:
     """GPU preset: 8-voxel patches, width 384, 12 blocks, 16 experts, top-2."""
-    defaults = dict(patch_size=8, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, num_experts=16, top_k=2)
+    defaults = dict(
+        patch_size=8, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, num_experts=16, top_k=2
+    )
     return brain_age_model(defaults, overrides)

@@ -12,11 +12,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ermoe_ba.layers import Block, MoELayer, Mlp, PatchEmbed, equal_active_hidden
+from ermoe_ba.layers import Block, Mlp, MoELayer, PatchEmbed, equal_active_hidden
 from ermoe_ba.models.config import ModelConfig
 from ermoe_ba.routing.trace import LayerTrace, RoutingTrace
 
-__all__ = ["ModelOutput", "MoETransformer", "TrunkOutput"]
+__all__ = ["MoETransformer", "ModelOutput", "TrunkOutput"]
 
 
 class TrunkOutput(NamedTuple):
@@ -36,7 +36,7 @@ class ModelOutput(NamedTuple):
 
 
 def moe_layer_factory(config: ModelConfig):
-    """A callable ``(in_features, hidden_features, act_layer) -> MoELayer`` for ``Block(mlp_layer=...)``.
+    """A ``Block(mlp_layer=...)`` factory ``(in_features, hidden_features, act_layer, drop) -> MoELayer``.
 
     The expert width is ``config.expert_hidden`` or, when None, the width that gives the MoE
     layer the same active parameters per token as the dense ``Mlp`` it replaces.
@@ -44,7 +44,9 @@ def moe_layer_factory(config: ModelConfig):
     router = "softmax" if config.router.startswith("softmax") else "ermoe"
     balance = config.balance_loss_weight if config.router == "softmax+lbl" else 0.0
 
-    def build(in_features: int, hidden_features: int, act_layer: type[nn.Module] = nn.GELU) -> MoELayer:
+    def build(
+        in_features: int, hidden_features: int, act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0
+    ) -> MoELayer:
         hidden = config.expert_hidden or equal_active_hidden(
             in_features, hidden_features, config.num_experts, config.top_k, router, config.expert_rank
         )
@@ -60,6 +62,7 @@ def moe_layer_factory(config: ModelConfig):
             route_threshold=config.route_threshold,
             dispatch=config.dispatch,
             act_layer=act_layer,
+            drop=drop,
         )
 
     return build
@@ -159,5 +162,3 @@ class MoETransformer(nn.Module):
 def build_trunk(defaults: dict, overrides: dict) -> MoETransformer:
     """Build a :class:`MoETransformer` from registered ``defaults`` updated by user ``overrides``."""
     return MoETransformer(ModelConfig.from_dict({**defaults, **overrides}))
-
-

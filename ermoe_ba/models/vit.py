@@ -18,8 +18,18 @@ __all__ = ["text_ermoe_tiny", "vit_ermoe_tiny"]
 def vit_ermoe_tiny(**overrides: Any) -> MoETransformer:
     """2D ViT classifier: 224x224 RGB, 16-pixel patches, width 192, 12 blocks, 8 experts, 1000 classes."""
     defaults = dict(
-        input_type="image", spatial_dims=2, in_chans=3, img_size=(224, 224), patch_size=16,
-        embed_dim=192, depth=12, num_heads=3, num_experts=8, top_k=2, pool="cls", num_outputs=1000,
+        input_type="image",
+        spatial_dims=2,
+        in_chans=3,
+        img_size=(224, 224),
+        patch_size=16,
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        num_experts=8,
+        top_k=2,
+        pool="cls",
+        num_outputs=1000,
     )
     return build_trunk(defaults, overrides)
 
@@ -28,7 +38,16 @@ def vit_ermoe_tiny(**overrides: Any) -> MoETransformer:
 def text_ermoe_tiny(**overrides: Any) -> MoETransformer:
     """Token-sequence encoder (causal text tower): vocabulary 49408, 77 tokens, width 256, no head."""
     defaults = dict(
-        input_type="tokens", vocab_size=49408, max_seq_len=77, causal=True, embed_dim=256, depth=6,
-        num_heads=4, num_experts=8, top_k=2, pool="mean", num_outputs=0,
+        input_type="tokens",
+        vocab_size=49408,
+        max_seq_len=77,
+        causal=True,
+        embed_dim=256,
+        depth=6,
+        num_heads=4,
+        num_experts=8,
+        top_k=2,
+        pool="mean",
+        num_outputs=0,
     )
     return build_trunk(defaults, overrides)

@@ -82,7 +82,9 @@ class RoutingTrace:
     def to(self, device: str | torch.device) -> RoutingTrace:
         """A copy with every tensor on ``device``."""
         moved = {
-            i: LayerTrace(t.layer_index, t.top_k_index.to(device), t.top_k_weight.to(device), t.scores.to(device))
+            i: LayerTrace(
+                t.layer_index, t.top_k_index.to(device), t.top_k_weight.to(device), t.scores.to(device)
+            )
             for i, t in self.layers.items()
         }
         return RoutingTrace(moved, self.grid_size)

@@ -28,9 +28,13 @@ def checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny model with known target statistics and bias correction."""
     torch.manual_seed(0)
     model = create_model("ermoe_ba_tiny", embed_dim=32, depth=2, num_heads=2)
-    meta = build_meta(model, "ermoe_ba_tiny", model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},
-                      target={"mean": 50.0, "std": 15.0},
-                      bias_correction={"slope": 0.5, "intercept": 25.0, "n": 10, "fitted_on": "test"})
+    meta = build_meta(
+        model,
+        "ermoe_ba_tiny",
+        model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},
+        target={"mean": 50.0, "std": 15.0},
+        bias_correction={"slope": 0.5, "intercept": 25.0, "n": 10, "fitted_on": "test"},
+    )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model, meta)
 
 
@@ -41,10 +45,16 @@ def scans(ixi_dir, tmp_path_factory) -> Path:
     for sid in GOOD:
         shutil.copy(ixi_dir / "t1" / f"{sid}_T1.nii.gz", folder)
     raw = gzip.decompress((folder / f"{GOOD[0]}_T1.nii.gz").read_bytes())
-    (folder / "truncated.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 3])[: 5000])
+    (folder / "truncated.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 3])[:5000])
     (folder / "notes.nii").write_text("not an image")
-    nib.save(nib.Nifti1Image(np.random.rand(64, 64).astype(np.float32), np.eye(4)), folder / "flat2d.nii.gz")
-    nib.save(nib.Nifti1Image(np.random.rand(32, 32, 32, 3).astype(np.float32), np.eye(4)), folder / "fmri4d.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((64, 64)).astype(np.float32), np.eye(4)),
+        folder / "flat2d.nii.gz",
+    )
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(1).random((32, 32, 32, 3)).astype(np.float32), np.eye(4)),
+        folder / "fmri4d.nii.gz",
+    )
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.eye(4)), folder / "zeros.nii.gz")
     return folder
 
@@ -63,8 +73,20 @@ def _predict(*args: str):
 @pytest.mark.slow
 def test_bad_inputs_get_error_rows_and_good_scans_get_ages(checkpoint, scans, ages_table, tmp_path):
     out = tmp_path / "pred.csv"
-    result = _predict(scans, "--out", out, "--model", checkpoint, "--device", "cpu", "--ages", ages_table,
-                      "--batch-size", "2", "--quiet")
+    result = _predict(
+        scans,
+        "--out",
+        out,
+        "--model",
+        checkpoint,
+        "--device",
+        "cpu",
+        "--ages",
+        ages_table,
+        "--batch-size",
+        "2",
+        "--quiet",
+    )
     assert result.exit_code == 1
     table = read_table(out)
     assert list(table.columns) == list(PREDICTION_COLUMNS)
@@ -96,12 +118,12 @@ def test_resume_after_a_killed_run_gives_the_same_table(checkpoint, scans, tmp_p
     def dies_after_first_batch(self, batch, routing_dir):
         calls["n"] += 1
         if calls["n"] > 1:
-            raise KeyboardInterrupt("killed")
+            raise SystemError("killed midway")
         return real(self, batch, routing_dir)
 
     killed = tmp_path / "killed.csv"
     monkeypatch.setattr(BrainAgePredictor, "_predict_batch", dies_after_first_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemError, match="killed midway"):
         _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--batch-size", "1", "-q")
     assert len(read_table(killed)) == 1
     monkeypatch.setattr(BrainAgePredictor, "_predict_batch", real)
@@ -132,8 +154,18 @@ def test_two_parts_merged_equal_one_run(checkpoint, scans, tmp_path):
 def test_save_routing_writes_a_trace_per_scan(checkpoint, scans, tmp_path):
     routing = tmp_path / "routing"
     scan = scans / f"{GOOD[0]}_T1.nii.gz"
-    result = _predict(scan, "--out", tmp_path / "p.csv", "--model", checkpoint, "--device", "cpu",
-                      "--save-routing", routing, "-q")
+    result = _predict(
+        scan,
+        "--out",
+        tmp_path / "p.csv",
+        "--model",
+        checkpoint,
+        "--device",
+        "cpu",
+        "--save-routing",
+        routing,
+        "-q",
+    )
     assert result.exit_code == 0
     trace, transform, meta = load_routing(routing / f"{GOOD[0]}_T1.npz")
     assert trace.layer_indices == [1]
@@ -144,13 +176,22 @@ def test_save_routing_writes_a_trace_per_scan(checkpoint, scans, tmp_path):
 
 
 @pytest.mark.slow
-def test_no_register_and_workers_options(checkpoint, scans, tmp_path):
-    scan = scans / f"{GOOD[1]}_T1.nii.gz"
+def test_no_register_on_scans_already_in_mni_space_with_two_workers(checkpoint, scans, tmp_path):
+    from ermoe_ba.data.cache import default_cache_dir
+    from ermoe_ba.data.conform import Conformer
+    from ermoe_ba.models import PreprocessConfig
+
+    conformer = Conformer(PreprocessConfig(), default_cache_dir())
+    for sid in GOOD[1:]:
+        result = conformer(scans / f"{sid}_T1.nii.gz")
+        nib.save(nib.Nifti1Image(result.volume, result.affine), tmp_path / f"{sid}_mni.nii.gz")
     out = tmp_path / "p.csv"
-    result = _predict(scan, scans / f"{GOOD[2]}_T1.nii.gz", "--out", out, "--model", checkpoint, "--device",
-                      "cpu", "--no-register", "--workers", "2", "-q")
+    args = ["--out", out, "--model", checkpoint, "--device", "cpu", "--no-register", "--workers", "2", "-q"]
+    result = _predict(*sorted(tmp_path.glob("*_mni.nii.gz")), *args)
     assert result.exit_code == 0
-    assert read_table(out)["status"].tolist() == ["ok", "ok"]
+    table = read_table(out)
+    assert table["status"].tolist() == ["ok", "ok"]
+    assert np.isfinite(table["predicted_age"]).all()
 
 
 def test_usage_errors_exit_2(checkpoint, tmp_path):
@@ -165,6 +206,18 @@ def test_usage_errors_exit_2(checkpoint, tmp_path):
 
 def test_help_lists_every_option():
     text = runner.invoke(app, ["predict", "--help"], terminal_width=200).output
-    for option in ["--out", "--model", "--device", "--batch-size", "--workers", "--no-register", "--resume",
-                   "--num-parts", "--part-id", "--ages", "--save-routing", "--quiet"]:
+    for option in [
+        "--out",
+        "--model",
+        "--device",
+        "--batch-size",
+        "--workers",
+        "--no-register",
+        "--resume",
+        "--num-parts",
+        "--part-id",
+        "--ages",
+        "--save-routing",
+        "--quiet",
+    ]:
         assert option in text

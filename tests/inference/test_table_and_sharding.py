@@ -8,9 +8,17 @@ from ermoe_ba.inference.table import PREDICTION_COLUMNS, PredictionTable, merge_
 
 
 def _row(sid: str, status: str = "ok", pred: float | None = 40.0) -> dict:
-    return {"subject_id": sid, "path": f"/data/{sid}.nii.gz", "predicted_age": pred, "age": 38.0,
-            "brain_age_gap": None if pred is None else pred - 38.0, "brain_age_gap_corrected": None,
-            "qc_score": 0.5, "status": status, "error": "" if status == "ok" else "bad file"}
+    return {
+        "subject_id": sid,
+        "path": f"/data/{sid}.nii.gz",
+        "predicted_age": pred,
+        "age": 38.0,
+        "brain_age_gap": None if pred is None else pred - 38.0,
+        "brain_age_gap_corrected": None,
+        "qc_score": 0.5,
+        "status": status,
+        "error": "" if status == "ok" else "bad file",
+    }
 
 
 def test_table_is_rewritten_after_each_batch_and_resumes(tmp_path):
@@ -55,7 +63,7 @@ def test_merged_parts_equal_one_table(tmp_path):
 def test_shard_covers_every_item_once_and_checks_arguments():
     items = list(range(10))
     parts = [shard(items, 3, i) for i in range(3)]
-    assert sorted(sum(parts, [])) == items
+    assert sorted(i for part in parts for i in part) == items
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
     with pytest.raises(ValueError, match="part_id"):
         shard(items, 3, 3)

@@ -75,8 +75,18 @@ def test_routing_capture_off_gives_identical_output_and_no_trace():
 def test_same_trunk_takes_2d_images_and_token_sequences():
     torch.manual_seed(0)
     vit = MoETransformer(
-        ModelConfig(spatial_dims=2, in_chans=3, img_size=(32, 48), patch_size=8, embed_dim=32, depth=2,
-                    num_heads=2, num_experts=4, pool="cls", num_outputs=10)
+        ModelConfig(
+            spatial_dims=2,
+            in_chans=3,
+            img_size=(32, 48),
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            num_experts=4,
+            pool="cls",
+            num_outputs=10,
+        )
     )
     out = vit(torch.randn(3, 3, 32, 48), capture_routing=True)
     assert out.output.shape == (3, 10)
@@ -84,8 +94,17 @@ def test_same_trunk_takes_2d_images_and_token_sequences():
     assert out.routing[1].top_k_index.shape == (3, 24, 2)  # CLS token dropped from the trace
 
     text = MoETransformer(
-        ModelConfig(input_type="tokens", vocab_size=100, max_seq_len=12, causal=True, embed_dim=32, depth=2,
-                    num_heads=2, num_experts=4, num_outputs=0)
+        ModelConfig(
+            input_type="tokens",
+            vocab_size=100,
+            max_seq_len=12,
+            causal=True,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            num_experts=4,
+            num_outputs=0,
+        )
     )
     ids = torch.randint(0, 100, (2, 12))
     features = text(ids, capture_routing=True)

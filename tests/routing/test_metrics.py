@@ -58,8 +58,12 @@ def test_dead_expert_threshold_is_one_percent():
 
 
 def test_top1_change_rate_counts_changed_tokens():
-    a = LayerTrace(0, torch.tensor([[[0, 1], [2, 3], [1, 0], [3, 2]]]), torch.ones(1, 4, 2), torch.ones(1, 4, 4))
-    b = LayerTrace(0, torch.tensor([[[0, 2], [3, 2], [1, 3], [0, 1]]]), torch.ones(1, 4, 2), torch.ones(1, 4, 4))
+    a = LayerTrace(
+        0, torch.tensor([[[0, 1], [2, 3], [1, 0], [3, 2]]]), torch.ones(1, 4, 2), torch.ones(1, 4, 4)
+    )
+    b = LayerTrace(
+        0, torch.tensor([[[0, 2], [3, 2], [1, 3], [0, 1]]]), torch.ones(1, 4, 2), torch.ones(1, 4, 4)
+    )
     assert top1_change_rate(a, a) == 0.0
     assert top1_change_rate(a, b) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="different tokens"):
