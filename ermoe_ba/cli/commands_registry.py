@@ -1,10 +1,11 @@
-"""Imports every command module so its ``@app.command`` decorators run. One line per module."""
+"""Imports every command module so its ``@app.command`` decorators run."""
 
 from __future__ import annotations
 
-from ermoe_ba.cli import (  # noqa: F401  # noqa: F401
+from ermoe_ba.cli import (  # noqa: F401
     demo,
     evaluate,
+    maps,
     merge,
     predict,
     preprocess,

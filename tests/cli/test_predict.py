@@ -10,32 +10,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from ermoe_ba.cli.main import app
 from ermoe_ba.inference.routing_io import load_routing
 from ermoe_ba.inference.table import PREDICTION_COLUMNS, read_table
-from ermoe_ba.models import create_model
-from ermoe_ba.training.checkpoint import build_meta, save_checkpoint
 
 runner = CliRunner()
 GOOD = ["IXI013-HH-1212", "IXI014-HH-1236", "IXI033-HH-1259"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """An untrained tiny model with known target statistics and bias correction."""
-    torch.manual_seed(0)
-    model = create_model("ermoe_ba_tiny", embed_dim=32, depth=2, num_heads=2)
-    meta = build_meta(
-        model,
-        "ermoe_ba_tiny",
-        model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},
-        target={"mean": 50.0, "std": 15.0},
-        bias_correction={"slope": 0.5, "intercept": 25.0, "n": 10, "fitted_on": "test"},
-    )
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model, meta)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,114 @@
+"""``ermoe-ba maps``: expert-specialisation maps, atlas-region tables and an HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ermoe_ba.cli.main import app
+
+__all__ = ["maps"]
+
+
+def _parse_layers(layer: str) -> str | int:
+    if layer in ("all", "last"):
+        return layer
+    try:
+        return int(layer)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--layer must be a block index, 'all' or 'last', not {layer!r}") from exc
+
+
+def run_maps(
+    inputs: list[Path],
+    out: Path,
+    model: str = "default",
+    atlas: list[str] | None = None,
+    layer: str | int = "all",
+    device: str = "auto",
+    ages: Path | None = None,
+    batch_size: int = 4,
+    workers: int = 1,
+    native: bool = True,
+    quiet: bool = False,
+) -> int:
+    """Predict with routing capture, then write maps, tables and the report. Returns the exit code."""
+    from ermoe_ba.inference.predictor import BrainAgePredictor
+    from ermoe_ba.inference.routing_io import load_routing
+    from ermoe_ba.inference.table import PredictionTable
+    from ermoe_ba.interpret import build_maps
+
+    predictor = BrainAgePredictor.from_pretrained(model, device=device)
+    records = predictor.discover(inputs, ages)
+    routing_dir = out / "routing"
+    table = PredictionTable(out / "predictions.csv")
+    for rows in predictor.iter_batches(
+        records, batch_size=batch_size, workers=workers, routing_dir=routing_dir, progress=not quiet
+    ):
+        table.add(rows)
+    frame = table.frame()
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        typer.echo("error: no scan could be conformed; see predictions.csv for the reasons", err=True)
+        return 1
+    traces, native_maps = {}, {}
+    for sid, path in zip(ok["subject_id"], ok["path"], strict=True):
+        trace, transform, _ = load_routing(routing_dir / f"{sid}.npz")
+        traces[sid] = trace
+        if native and transform is not None:
+            native_maps[sid] = (transform, path)
+    known_ages = {r.subject_id: r.age for r in records if r.age is not None and r.subject_id in traces}
+    result = build_maps(
+        traces,
+        predictor.preprocess,
+        out,
+        atlas=atlas or None,
+        layers=layer,
+        native=native_maps,
+        ages=known_ages or None,
+        title=f"ermoe-ba expert maps ({predictor.model_name}, {len(traces)} scans)",
+    )
+    for sid, reason in result.errors.items():
+        typer.echo(f"{sid}: {reason}", err=True)
+    if not quiet:
+        typer.echo(f"{len(traces)} of {len(frame)} scans mapped -> {result.report}", err=True)
+    return 0 if len(traces) == len(frame) and not result.errors else 1
+
+
+@app.command()
+def maps(
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders, DICOM series, BIDS roots, tables.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("ermoe_maps"),
+    model: Annotated[str, typer.Option(help="Bundled model name or checkpoint path.")] = "default",
+    atlas: Annotated[
+        list[str] | None, typer.Option(help="Atlas name or NIfTI path (repeatable); default: tissue + Harvard-Oxford.")
+    ] = None,
+    layer: Annotated[str, typer.Option(help="MoE block index, 'all' or 'last'.")] = "all",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    ages: Annotated[Path | None, typer.Option(help="Table of subject_id, age (for regional age trends).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel preprocessing processes.")] = 1,
+    no_native: Annotated[bool, typer.Option("--no-native", help="Skip maps in each scan's own space.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Map which expert handles which part of the brain, per scan and across the cohort.
+
+    Writes DIR/<subject_id>/*.nii.gz (MNI and native space), DIR/cohort/*.nii.gz,
+    DIR/regions.tsv, DIR/nmi.tsv, DIR/predictions.csv and DIR/report.html.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
+    chosen = _parse_layers(layer)
+    try:
+        from ermoe_ba.interpret.atlases import list_atlases
+
+        for name in atlas or []:
+            if not Path(name).exists() and name not in list_atlases():
+                raise typer.BadParameter(f"--atlas {name!r}: not a file and not one of {list_atlases()}")
+        code = run_maps(inputs, out, model, atlas, chosen, device, ages, batch_size, workers, not no_native, quiet)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)

@@ -1,0 +1,42 @@
+"""``ermoe-ba maps`` end to end on two real scans with a small checkpoint."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ermoe_ba.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_maps_writes_subject_cohort_native_maps_tables_and_report(checkpoint, ixi_dir, tmp_path):
+    scans = [ixi_dir / "t1" / f"{sid}_T1.nii.gz" for sid in ("IXI013-HH-1212", "IXI014-HH-1236")]
+    out = tmp_path / "maps"
+    args = ["maps", *map(str, scans), "--out", str(out), "--model", str(checkpoint), "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--atlas", "tissue", "--layer", "1", "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    sid = "IXI013-HH-1212_T1"
+    mni = nib.load(out / sid / "layer1_top1_expert_space-MNI.nii.gz")
+    assert mni.shape == (80, 96, 80)
+    labels = np.asarray(mni.dataobj)
+    assert set(np.unique(labels)) <= set(range(1, 9))  # experts stored as e + 1
+    native = nib.load(out / sid / "layer1_top1_expert_space-native.nii.gz")
+    scan = nib.load(scans[0])
+    assert native.shape == scan.shape[:3] and np.allclose(native.affine, scan.affine)
+    assert list((out / "cohort").glob("layer1_expert_fraction_space-MNI.nii.gz"))
+    regions = pd.read_csv(out / "regions.tsv", sep="\t")
+    shares = regions.groupby(["layer", "atlas", "region"])["share"].sum()
+    assert np.allclose(shares, 1.0, atol=1e-6)
+    assert (out / "report.html").stat().st_size > 10_000
+    assert len(pd.read_csv(out / "predictions.csv")) == 2
+
+
+def test_maps_rejects_unknown_atlas_and_layer(checkpoint, tmp_path):
+    scan = str(tmp_path / "x.nii.gz")
+    assert runner.invoke(app, ["maps", scan, "--atlas", "harvard_oxfrd"]).exit_code == 2
+    assert runner.invoke(app, ["maps", scan, "--layer", "first"]).exit_code == 2
