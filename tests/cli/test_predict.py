@@ -203,3 +203,24 @@ def test_help_lists_every_option():
         "--quiet",
     ]:
         assert option in text
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_split_the_scans_and_rank0_merges(checkpoint, scans, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    inputs = [str(scans / f"{s}_T1.nii.gz") for s in GOOD]
+    single = tmp_path / "single.csv"
+    assert _predict(*inputs, "--out", single, "--model", checkpoint, "--device", "cpu", "-q").exit_code == 0
+    out = tmp_path / "ddp.csv"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    cmd = [*torchrun, "-m", "ermoe_ba.cli", "predict", *inputs, "--out", str(out), "--model", str(checkpoint)]
+    proc = subprocess.run(
+        [*cmd, "--device", "cpu", "-q"], env=dict(os.environ), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = [read_table(tmp_path / f"ddp.part{r}of2.csv") for r in range(2)]
+    assert sorted(len(p) for p in parts) == [1, 2]
+    pd.testing.assert_frame_equal(read_table(out), read_table(single))
