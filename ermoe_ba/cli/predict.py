@@ -41,14 +41,13 @@ def run_predict(
     if world > 1:
         num_parts, part_id = world, rank
     predictor = BrainAgePredictor.from_pretrained(model, device=device)
-    records = shard(predictor.discover(inputs, ages), num_parts, part_id)
+    discovered = predictor.discover(inputs, ages)
+    records = shard(discovered, num_parts, part_id)
     target = _part_path(out, rank, world) if world > 1 else out
     table = PredictionTable(target, resume=resume)
     todo = [r for r in records if not table.done(r.subject_id, r.path)]
     if not quiet and len(todo) < len(records):
-        typer.echo(
-            f"resuming: {len(records) - len(todo)} of {len(records)} scans already in {target}", err=True
-        )
+        typer.echo(f"resuming: {len(records) - len(todo)} of {len(records)} scans already in {target}", err=True)
     for rows in predictor.iter_batches(
         todo,
         batch_size=batch_size,
@@ -70,6 +69,14 @@ def run_predict(
         dist.barrier()
         frame = read_table(out)
         dist.destroy_process_group()
+    bids_ids = {r.subject_id for r in discovered if r.source == "bids"}
+    if rank == 0 and bids_ids:
+        from ermoe_ba.inference.bids import write_bids_derivatives
+
+        bids_rows = frame[frame["subject_id"].isin(bids_ids)]
+        root = write_bids_derivatives(bids_rows, out.parent / "derivatives" / "ermoe-ba", predictor.model_name)
+        if not quiet:
+            typer.echo(f"BIDS derivatives -> {root}", err=True)
     if echo_table:
         typer.echo(frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.2f}"))
     if not quiet:
@@ -91,18 +98,12 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Scans per model batch.")] = 4,
     workers: Annotated[int, typer.Option(min=1, help="Parallel preprocessing processes.")] = 1,
-    no_register: Annotated[
-        bool, typer.Option("--no-register", help="Scans are already in MNI space.")
-    ] = False,
+    no_register: Annotated[bool, typer.Option("--no-register", help="Scans are already in MNI space.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip scans already in --out.")] = False,
     num_parts: Annotated[int, typer.Option(min=1, help="Split the scans into this many parts...")] = 1,
     part_id: Annotated[int, typer.Option(min=0, help="...and run only this part (0-based).")] = 0,
-    ages: Annotated[
-        Path | None, typer.Option(help="Table of subject_id, age to compute brain-age gaps.")
-    ] = None,
-    save_routing: Annotated[
-        Path | None, typer.Option(help="Folder for per-scan routing traces (.npz).")
-    ] = None,
+    ages: Annotated[Path | None, typer.Option(help="Table of subject_id, age to compute brain-age gaps.")] = None,
+    save_routing: Annotated[Path | None, typer.Option(help="Folder for per-scan routing traces (.npz).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
 ) -> None:
     """Predict brain age for every T1 scan in INPUTS.

@@ -224,3 +224,29 @@ def test_torchrun_ranks_split_the_scans_and_rank0_merges(checkpoint, scans, tmp_
     parts = [read_table(tmp_path / f"ddp.part{r}of2.csv") for r in range(2)]
     assert sorted(len(p) for p in parts) == [1, 2]
     pd.testing.assert_frame_equal(read_table(out), read_table(single))
+
+
+@pytest.mark.slow
+def test_bids_input_gets_ages_from_participants_and_a_derivatives_folder(checkpoint, scans, tmp_path):
+    import json
+
+    root = tmp_path / "bids"
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "sub-02" / "ses-a" / "anat").mkdir(parents=True)
+    shutil.copy(scans / f"{GOOD[0]}_T1.nii.gz", root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    shutil.copy(scans / f"{GOOD[1]}_T1.nii.gz", root / "sub-02" / "ses-a" / "anat" / "sub-02_ses-a_T1w.nii.gz")
+    shutil.copy(scans / f"{GOOD[2]}_T1.nii.gz", root / "sub-02" / "ses-a" / "anat" / "sub-02_ses-a_FLAIR.nii.gz")
+    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t46.7\nsub-02\t34.2\n")
+    out = tmp_path / "results" / "pred.tsv"
+    result = _predict(root, "--out", out, "--model", checkpoint, "--device", "cpu", "-q")
+    assert result.exit_code == 0
+    table = read_table(out)
+    assert table["subject_id"].tolist() == ["sub-01", "sub-02_ses-a"]  # FLAIR ignored
+    assert table["age"].tolist() == [46.7, 34.2]
+    deriv = tmp_path / "results" / "derivatives" / "ermoe-ba"
+    description = json.loads((deriv / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "ermoe-ba"
+    row = pd.read_csv(deriv / "sub-02" / "ses-a" / "anat" / "sub-02_ses-a_brainage.tsv", sep="\t")
+    assert row["predicted_age"].iloc[0] == pytest.approx(table["predicted_age"].iloc[1], abs=1e-3)
+    assert (deriv / "sub-01" / "anat" / "sub-01_brainage.json").is_file()
