@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import sys
@@ -38,6 +39,7 @@ def bench(n: int, workers: int) -> dict:
     chosen = scans[1:][:: max(1, (len(scans) - 1) // n)][:n]
     config = PreprocessConfig()
     conformer = Conformer(config)
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     conformer(scans[0])  # warm-up: imports, template, MONAI reader
     startup = time.perf_counter() - start
@@ -66,6 +68,10 @@ def bench(n: int, workers: int) -> dict:
         "qc_ok_pooled": sum(r.status == "ok" for r in pooled),
         "qc_score_mean": round(float(np.mean([r.qc_score for r in results])), 4),
         "registration_retries": sum(r.registration.get("attempts", 1) > 1 for r in results),
+        "cpu_count": os.cpu_count(),
+        # Other jobs on the machine inflate every time; the load average says how much.
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
         "target": "<= 4 s per scan wall-clock with 2 workers, peak memory <= 1.5 GB",
     }
 

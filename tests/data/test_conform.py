@@ -81,9 +81,9 @@ def test_ten_development_scans_pass_qc_and_line_up_with_the_template(tmp_path: P
 def test_reencoded_scan_conforms_to_nearly_the_same_volume(scan: Path, reference, tmp_path: Path) -> None:
     assert reference.status == "ok"
     mask = grid_mask(CONFIG)
-    conformer = Conformer(CONFIG)
-    for name, path in reencoded_variants(scan, tmp_path).items():
-        result = conformer(path)
+    variants = reencoded_variants(scan, tmp_path)
+    results = conform_records(list(variants.values()), CONFIG, workers=2, progress=False)
+    for name, result in zip(variants, results, strict=True):
         assert result.status == "ok", (name, result.error)
         assert masked_correlation(result.volume, reference.volume, mask) >= 0.97, name
 
