@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_MODEL", "bundled_models", "resolve_checkpoint", "sha256_of"]
+__all__ = ["DEFAULT_MODEL", "bundled_models", "register_bundled_model", "resolve_checkpoint", "sha256_of"]
 
 DEFAULT_MODEL = "default"
 
@@ -61,3 +63,32 @@ def resolve_checkpoint(name_or_path: str | Path = DEFAULT_MODEL) -> Path:
     if sha256_of(path) != entry["sha256"]:
         raise ValueError(f"{path}: sha256 does not match the weights manifest; reinstall ermoe-ba")
     return path
+
+
+def register_bundled_model(
+    checkpoint: str | Path,
+    name: str,
+    details: dict[str, Any],
+    default: bool = True,
+    weights_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Add (or replace) a checkpoint in the weights manifest, with its sha256; rewrite atomically.
+
+    ``checkpoint`` must already lie in the weights folder; ``details`` (architecture, training
+    data, licence, cross-validated metrics, command) is stored as given.
+    """
+    folder = Path(weights_dir) if weights_dir is not None else _weights_dir()
+    checkpoint = Path(checkpoint)
+    if checkpoint.resolve().parent != folder.resolve():
+        raise ValueError(f"{checkpoint} must be inside the weights folder {folder}")
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"default": None, "models": {}}
+    manifest["models"][name] = {"file": checkpoint.name, "sha256": sha256_of(checkpoint), **details}
+    if default:
+        manifest["default"] = name
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=folder)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(manifest, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, manifest_path)
+    return manifest

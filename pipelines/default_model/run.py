@@ -1,0 +1,75 @@
+"""Train the bundled default model on every development scan and register it in the package.
+
+    python pipelines/default_model/run.py            # ~20-30 min on 2 CPU cores
+
+Recipe: the ``ermoe`` method of ``pipelines/brain_age_cv/config.json`` (the one whose
+cross-validated figures the manifest quotes from ``bench/results/brain_age_cv.json``).
+Training data: the IXI-HH development set; the weights are therefore CC BY-SA 3.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ermoe_ba.inference.pretrained import register_bundled_model
+from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.data import load_cohort
+from ermoe_ba.training.run import train_brain_age
+
+REPO = Path(__file__).resolve().parents[2]
+DEV_SET = REPO / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart" / "ages.csv"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cv-config", type=Path, default=REPO / "pipelines" / "brain_age_cv" / "config.json")
+    parser.add_argument("--cv-results", type=Path, default=REPO / "bench" / "results" / "brain_age_cv.json")
+    parser.add_argument("--method", default="ermoe")
+    parser.add_argument("--name", default="ermoe_ba_tiny_ixi")
+    parser.add_argument("--weights-dir", type=Path, default=REPO / "ermoe_ba" / "weights")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    cv_config = json.loads(args.cv_config.read_text())
+    method = next(m for m in cv_config["methods"] if m["name"] == args.method)
+    train = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
+    data = load_cohort(DEV_SET, workers=args.workers, progress=False)
+    start = time.perf_counter()
+    checkpoint = args.weights_dir / f"{args.name}.safetensors"
+    result = train_brain_age(data, checkpoint, method["model_name"], method.get("model_overrides"), train)
+    seconds = time.perf_counter() - start
+    cv = {}
+    if args.cv_results.is_file():
+        report = json.loads(args.cv_results.read_text())
+        cv = report.get("methods", {}).get(args.method, {}) or report.get(args.method, {})
+    meta = result.meta
+    details = {
+        "architecture": {"model_name": meta["model_name"], "model_config": meta["model_config"]},
+        "preprocess": meta["preprocess"],
+        "training_data": {
+            "source": "IXI-HH development set (2 mm, CBICA/NiChart copy)",
+            "n_train": meta["training_data"].get("n_scans"),
+            "n_validation": len(meta["training_data"].get("validation_subject_ids", [])),
+            "age_range": meta["training_data"].get("age_range"),
+        },
+        "licence": "CC BY-SA 3.0",
+        "attribution": "Data from the IXI dataset (https://brain-development.org/ixi-dataset/), Imperial College "
+        "London, EPSRC GR/S21533/02. Weights trained on it are released under CC BY-SA 3.0.",
+        "validation_metrics": result.val_metrics,
+        "cross_validated_metrics": cv,
+        "train_seconds": round(seconds, 1),
+        "command": "python " + " ".join(shlex.quote(a) for a in ["pipelines/default_model/run.py", *sys.argv[1:]]),
+    }
+    register_bundled_model(checkpoint, args.name, details, default=True, weights_dir=args.weights_dir)
+    print(json.dumps({"checkpoint": str(checkpoint), "train_seconds": round(seconds, 1), **result.val_metrics}))
+
+
+if __name__ == "__main__":
+    main()
