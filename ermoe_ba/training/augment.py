@@ -6,8 +6,11 @@ Two back-ends with the same knobs (:class:`AugmentConfig`):
     Batched torch operations on the ``(b, 1, R, A, S)`` batch: random whole-voxel shifts (the
     translation part of a small affine, as in SFCN's training), an optional rotation/scaling
     by ``grid_sample``, a smooth multiplicative bias field, gamma and Gaussian noise inside the
-    brain. Measured on 2 CPU cores for one 80x96x80 volume: shift + bias + gamma + noise
-    ~3 ms, a ``grid_sample`` affine ~25 ms.
+    brain; intensity changes are skipped for samples that did not draw them, the bias field is
+    separable (a product of three random cubics along R, A, S) and the noise is a random crop
+    of a noise bank drawn once. Measured side by side on one busy CPU core, per 80x96x80
+    volume: 10.6 ms, against 57 ms for a full-resolution interpolated 4x4x4 field and fresh
+    ``randn`` noise; a ``grid_sample`` affine adds ~25 ms, so it is off by default.
 ``"monai"``
     MONAI's per-sample ``RandAffine``, ``RandBiasField``, ``RandAdjustContrast`` and
     ``RandGaussianNoise``. Measured ~38 ms per volume on the same CPU (RandAffine 22 ms, noise
@@ -114,6 +117,7 @@ class BatchAugment:
         self.config = config or AugmentConfig()
         self.generator = torch.Generator().manual_seed(seed)
         self._monai = self._build_monai(seed) if self.config.kind == "monai" else None
+        self._bank: torch.Tensor | None = None
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.generator)
@@ -167,24 +171,57 @@ class BatchAugment:
         if c.flip_lr:
             flip = self._rand(b) < 0.5
             x[flip] = x[flip].flip(2)
-        mask = x != 0
-        lo = x.amin(dim=(1, 2, 3, 4), keepdim=True)
-        pos = (x - lo).clamp_min(0)  # intensities shifted to >= 0 for multiplicative changes
-        if c.bias_prob > 0:
-            coeff = torch.randn(b, 1, 4, 4, 4, generator=self.generator) * c.bias_coeff
-            coeff = coeff * (self._rand(b) < c.bias_prob).view(b, 1, 1, 1, 1)
-            pos = pos * F.interpolate(coeff, size=x.shape[2:], mode="trilinear", align_corners=True).exp()
-        if c.gamma_prob > 0:
+        draws = self._rand(b, 6)  # per sample: bias?, gamma?, gamma value, noise?, noise std, noise sign
+        out = torch.empty_like(x)
+        for i in range(b):
+            out[i] = self._intensity(x[i], draws[i])
+        return out
+
+    def _intensity(self, v: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+        """Bias field, gamma and noise on one ``(1, R, A, S)`` volume; only drawn changes cost time."""
+        c = self.config
+        use_bias, use_gamma, use_noise = (
+            bool(draw[0] < c.bias_prob),
+            bool(draw[1] < c.gamma_prob),
+            bool(draw[3] < c.noise_prob),
+        )
+        if not (use_bias or use_gamma or use_noise):
+            return v
+        mask = v != 0
+        lo = v.min()
+        pos = (v - lo).clamp_(min=0)  # intensities shifted to >= 0 for multiplicative changes
+        if use_bias:
+            pos.mul_(self._bias_field(v.shape[1:]))
+        if use_gamma:
             log_lo, log_hi = math.log(c.gamma_range[0]), math.log(c.gamma_range[1])
-            gamma = (log_lo + (log_hi - log_lo) * self._rand(b)).exp()
-            gamma = torch.where(self._rand(b) < c.gamma_prob, gamma, torch.ones(b)).view(b, 1, 1, 1, 1)
-            top = pos.amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
-            pos = (pos / top).pow(gamma) * top
-        x = pos + lo
-        if c.noise_prob > 0:
-            std = c.noise_std * self._rand(b) * (self._rand(b) < c.noise_prob)
-            x = x + torch.randn(x.shape, generator=self.generator) * std.view(b, 1, 1, 1, 1)
-        return torch.where(mask, x, torch.zeros_like(x))
+            gamma = math.exp(log_lo + (log_hi - log_lo) * float(draw[2]))
+            top = pos.max().clamp_min(1e-6)
+            pos = pos.div_(top).pow_(gamma).mul_(top)
+        out = pos.add_(lo)
+        if use_noise:
+            out.add_(self._noise(v.shape[1:]), alpha=c.noise_std * float(draw[4]) * (1 if draw[5] < 0.5 else -1))
+        return out.mul_(mask)
+
+    def _bias_field(self, shape: torch.Size) -> torch.Tensor:
+        """A smooth separable field ``exp(f(r) + g(a) + h(s))``, each a random cubic over [-1, 1]."""
+        field = None
+        for axis, size in enumerate(shape):
+            t = torch.linspace(-1.0, 1.0, size)
+            coeff = torch.randn(3, generator=self.generator) * self.config.bias_coeff
+            curve = (coeff[0] * t + coeff[1] * (1.5 * t**2 - 0.5) + coeff[2] * (2.5 * t**3 - 1.5 * t)).exp()
+            view = [1, 1, 1]
+            view[axis] = size
+            field = curve.view(view) if field is None else field * curve.view(view)
+        return field
+
+    def _noise(self, shape: torch.Size) -> torch.Tensor:
+        """Unit Gaussian noise: a random crop of a noise bank drawn once (a fresh draw costs more
+        than a training step of the CPU models)."""
+        margin = 16
+        if getattr(self, "_bank", None) is None or self._bank.shape != tuple(s + margin for s in shape):
+            self._bank = torch.randn(*(s + margin for s in shape), generator=self.generator)
+        o = torch.randint(0, margin + 1, (3,), generator=self.generator).tolist()
+        return self._bank[o[0] : o[0] + shape[0], o[1] : o[1] + shape[1], o[2] : o[2] + shape[2]]
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         c, b = self.config, x.shape[0]
