@@ -21,10 +21,20 @@ from ermoe_ba.training.benchmark import load_pipeline_config, run_cv_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _git_commit() -> str | None:
+    """Commit of the code that produced the report (``+dirty`` with uncommitted changes)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "ermoe_ba"], cwd=ROOT, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "pipelines" / "brain_age_cv" / "config.json")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "brain_age_cv_folds")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "brain_age_cv.json")
@@ -35,11 +45,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     start = time.perf_counter()
     config = load_pipeline_config(args.config)
-    report = run_cv_pipeline(
-        config, args.out, only_methods=args.methods, only_folds=args.folds, workers=args.workers
-    )
+    report = run_cv_pipeline(config, args.out, only_methods=args.methods, only_folds=args.folds, workers=args.workers)
     report["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     report["config"] = str(args.config)
+    report["git_commit"] = _git_commit()
     report["wall_seconds_this_run"] = time.perf_counter() - start
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=1))
