@@ -27,7 +27,8 @@ def _git_commit() -> str | None:
 
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "ermoe_ba"], cwd=ROOT, capture_output=True, text=True)
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "ermoe_ba"]
+        dirty = subprocess.run(status, cwd=ROOT, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
