@@ -7,12 +7,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["native_geometry", "to_native"]
+__all__ = ["NativeGrid", "native_geometry", "to_native"]
+
+NativeGrid = tuple[tuple[int, int, int], np.ndarray]
+"""A scan's voxel grid: 3D shape and 4x4 voxel-to-world (RAS mm) affine."""
 
 
-def native_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
-    """3D shape and RAS voxel-to-world affine of a scan as stored (NIfTI/MGZ file or DICOM folder)."""
-    path = Path(path)
+def native_geometry(scan: Any) -> NativeGrid:
+    """3D shape and affine of a scan: a NIfTI/MGZ path, a DICOM series folder, a nibabel image
+    or an already known ``(shape, affine)`` pair."""
+    if isinstance(scan, tuple):
+        shape, affine = scan
+        return tuple(int(s) for s in shape[:3]), np.asarray(affine, dtype=np.float64)
+    if hasattr(scan, "affine") and hasattr(scan, "shape"):
+        return tuple(int(s) for s in scan.shape[:3]), np.asarray(scan.affine, dtype=np.float64)
+    path = Path(scan)
+    if not path.exists():
+        raise FileNotFoundError(f"native scan {path} does not exist; cannot map back to it")
     if path.is_dir():
         import SimpleITK as sitk
 
@@ -33,7 +44,7 @@ def native_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]
 def to_native(
     volume_in_model_grid: np.ndarray,
     result_or_transform: Any,
-    native_image_path: str | Path,
+    native_image_path: Any,
     order: int = 0,
     grid_affine: np.ndarray | None = None,
 ):
@@ -42,12 +53,14 @@ def to_native(
     Parameters
     ----------
     volume_in_model_grid
-        Array of the model grid's shape (e.g. an expert map or a label image).
+        Array of the model grid's shape (e.g. an expert map or a label image); a 4D array is
+        resampled volume by volume along its last axis.
     result_or_transform
         A :class:`~ermoe_ba.data.conform.ConformResult` (its ``transform`` and ``affine`` are
         used) or the 4x4 template-world → scan-world RAS matrix.
     native_image_path
-        The scan as given to conform.
+        The scan as given to conform (path or DICOM folder), a nibabel image, or its
+        ``(shape, affine)``.
     order
         Spline order: 0 (nearest neighbour) for labels and masks, 1 for continuous maps.
     grid_affine
@@ -78,13 +91,21 @@ def to_native(
     # native voxel → native world → template world → model-grid voxel
     voxel_map = np.linalg.inv(np.asarray(grid_affine)) @ np.linalg.inv(np.asarray(matrix)) @ native_affine
     source = np.asarray(volume_in_model_grid)
-    dtype = source.dtype if order == 0 else np.float32
-    out = affine_transform(
-        source.astype(np.float32 if order else source.dtype, copy=False),
-        voxel_map,
-        output_shape=shape,
-        order=order,
-        mode="constant",
-        cval=0.0,
+    work_dtype = np.float32 if order else (np.uint8 if source.dtype == np.bool_ else source.dtype)
+    volumes = source[..., None] if source.ndim == 3 else source
+    out = np.stack(
+        [
+            affine_transform(
+                volumes[..., i].astype(work_dtype, copy=False),
+                voxel_map,
+                output_shape=shape,
+                order=order,
+                mode="constant",
+                cval=0.0,
+            )
+            for i in range(volumes.shape[-1])
+        ],
+        axis=-1,
     )
-    return nib.Nifti1Image(out.astype(np.uint8 if dtype == np.bool_ else dtype), native_affine)
+    out = out[..., 0] if source.ndim == 3 else out
+    return nib.Nifti1Image(out.astype(work_dtype, copy=False), native_affine)

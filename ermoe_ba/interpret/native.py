@@ -16,7 +16,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ermoe_ba.data.native import NativeGrid, native_geometry
+from ermoe_ba.data.native import to_native as native_to_grid
+
 __all__ = ["NativeGrid", "check_transform", "native_grid", "to_native"]
+
+native_grid = native_geometry  # a scan's (shape, affine), read once for many maps
 
 
 def check_transform(transform: np.ndarray | list[list[float]] | None) -> np.ndarray:
@@ -31,9 +36,7 @@ def check_transform(transform: np.ndarray | list[list[float]] | None) -> np.ndar
         raise ValueError("no registration transform (the scan was not conformed or registration was off)")
     matrix = np.asarray(transform, dtype=np.float64)
     if matrix.shape != (4, 4):
-        raise ValueError(
-            f"transform must be a 4x4 matrix (template world -> native world), got {matrix.shape}"
-        )
+        raise ValueError(f"transform must be a 4x4 matrix (template world -> native world), got {matrix.shape}")
     if not np.all(np.isfinite(matrix)):
         raise ValueError("transform has non-finite entries; the registration of this scan failed")
     if not np.allclose(matrix[3], [0.0, 0.0, 0.0, 1.0]):
@@ -42,25 +45,6 @@ def check_transform(transform: np.ndarray | list[list[float]] | None) -> np.ndar
     if abs(det) < 1e-6:
         raise ValueError(f"transform is singular (determinant {det:.3g}); cannot map back to the scan")
     return matrix
-
-
-NativeGrid = tuple[tuple[int, int, int], np.ndarray]
-"""A scan's voxel grid: 3D shape and 4x4 voxel-to-world affine."""
-
-
-def native_grid(native_img: nib.spatialimages.SpatialImage | str | Path | NativeGrid) -> NativeGrid:
-    """3D shape and affine of a scan given as an image, a path (NIfTI, MGZ, DICOM folder) or both."""
-    if isinstance(native_img, tuple):
-        shape, affine = native_img
-        return tuple(int(s) for s in shape[:3]), np.asarray(affine, dtype=np.float64)
-    if isinstance(native_img, nib.spatialimages.SpatialImage):
-        return tuple(int(s) for s in native_img.shape[:3]), np.asarray(native_img.affine, dtype=np.float64)
-    from ermoe_ba.data.native import native_geometry  # NIfTI, MGZ or a DICOM series folder
-
-    path = Path(native_img)
-    if not path.exists():
-        raise FileNotFoundError(f"native scan {path} does not exist; cannot map expert maps back to it")
-    return native_geometry(path)
 
 
 def to_native(
@@ -94,21 +78,9 @@ def to_native(
     >>> to_native(grid, shifted, scan).get_fdata()[:, 0, 0].tolist()
     [0.0, 0.0, 4.0]
     """
-    from nilearn.image import resample_img
-
     matrix = check_transform(getattr(transform, "transform", transform))
-    native_shape, native_affine = native_grid(native_img)
     data = np.asanyarray(img.dataobj)
-    in_native_world = nib.Nifti1Image(data, matrix @ img.affine)
-    out = resample_img(
-        in_native_world,
-        target_affine=native_affine,
-        target_shape=native_shape,
-        interpolation="nearest",
-        fill_value=0,
-        force_resample=True,
-        copy_header=True,
-    )
-    result = nib.Nifti1Image(np.asarray(out.dataobj).astype(data.dtype, copy=False), native_affine)
+    out = native_to_grid(data, matrix, native_img, order=0, grid_affine=img.affine)
+    result = nib.Nifti1Image(np.asarray(out.dataobj).astype(data.dtype, copy=False), out.affine)
     result.header.set_xyzt_units("mm")
     return result

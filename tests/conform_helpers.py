@@ -77,7 +77,7 @@ def touch(path: Path) -> Path:
     return path
 
 
-IXI_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart"
+IXI_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart"
 
 
 def ixi_scans() -> list[Path]:
