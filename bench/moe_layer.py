@@ -1,12 +1,16 @@
 """Benchmark one MoE feed-forward layer against a dense MLP with the same active parameters.
 
 Forward + backward wall time on CPU (2 threads), embed_dim 256, 4096 tokens, top_k 2, for
-num_experts 8 and 16. Every model gets the active parameters of a dense ``Mlp(256, 1024)``:
-the expert widths come from :func:`ermoe_ba.layers.equal_active_hidden`. Cases run interleaved
-(one repeat of every case per round) so load from other processes hits all of them alike; the
-median over rounds is reported. Prints one JSON line and writes it to bench/results/moe_layer.json.
+num_experts 8 and 16. Every model gets the active parameters per token of the dense
+``Mlp(256, 1024)``: expert widths come from :func:`ermoe_ba.layers.equal_active_hidden`
+(Mixtral's SwiGLU experts have three matrices, so their width is solved separately). Cases run
+interleaved (one repeat of each per round) so load from other processes hits all alike; medians
+are reported. Because a shared machine distorts 2-thread wall times (every parallel region waits
+for a descheduled thread), the E=8 fast paths are also timed as single-thread CPU time, and the
+script can wait for a quiet machine first. Prints one JSON line and writes it to
+bench/results/moe_layer.json.
 
-    python bench/moe_layer.py [--quick] [--repeats N] [--no-save]
+    python bench/moe_layer.py [--quick] [--repeats N] [--wait-quiet SECONDS] [--no-save]
 """
 
 from __future__ import annotations
@@ -46,31 +50,33 @@ def _mixtral(num_experts: int) -> tuple[nn.Module | None, str]:
         from transformers import MixtralConfig
         from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
     except ImportError as error:
-        return None, f"transformers not importable ({error}); not installed for this benchmark"
-    hidden = equal_active_hidden(EMBED_DIM, DENSE_HIDDEN, num_experts, TOP_K, "softmax")
+        return None, f"transformers is not importable ({error}); it is not a project dependency"
+    dense = 2 * EMBED_DIM * DENSE_HIDDEN + DENSE_HIDDEN + EMBED_DIM
+    # router d*e plus k SwiGLU experts of 3*d*h parameters (no biases)
+    hidden = round((dense - EMBED_DIM * num_experts) / (3 * EMBED_DIM * TOP_K))
     config = MixtralConfig(
         hidden_size=EMBED_DIM, intermediate_size=hidden, num_local_experts=num_experts, num_experts_per_tok=TOP_K
     )
-    return MixtralSparseMoeBlock(config), f"MixtralSparseMoeBlock, SwiGLU experts of width {hidden}"
+    import transformers
+
+    return MixtralSparseMoeBlock(config), f"transformers {transformers.__version__}, SwiGLU width {hidden}"
 
 
-def _time_cases(cases: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+def _time_cases(
+    cases: dict[str, Callable[[], None]], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
     for run in cases.values():
         run()  # warm-up: allocator, thread pool, first-call dispatch
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, run in cases.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _orthogonalization_ms(num_experts: int, hidden: int, repeats: int) -> dict[str, float]:
-    banks = {
-        mode: EigenExperts(num_experts, EMBED_DIM, hidden, orthogonalization=mode) for mode in ("qr", "parametrization")
-    }
-
     def run(bank: EigenExperts) -> Callable[[], None]:
         def step() -> None:
             bank.zero_grad(set_to_none=True)
@@ -79,36 +85,52 @@ def _orthogonalization_ms(num_experts: int, hidden: int, repeats: int) -> dict[s
 
         return step
 
+    banks = {
+        mode: EigenExperts(num_experts, EMBED_DIM, hidden, orthogonalization=mode) for mode in ("qr", "parametrization")
+    }
     medians = _time_cases({mode: run(bank) for mode, bank in banks.items()}, repeats)
     return {mode: round(seconds * 1e3, 3) for mode, seconds in medians.items()}
+
+
+def _wait_for_quiet(max_seconds: float, threshold: float = 1.0) -> float:
+    start = time.monotonic()
+    while os.getloadavg()[0] > threshold and time.monotonic() - start < max_seconds:
+        time.sleep(15)
+    return round(time.monotonic() - start, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of the default")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--wait-quiet", type=float, default=0.0, help="wait up to this long for load < 1")
     parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULT.name}")
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
-    torch.set_num_threads(2)
+    waited = _wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
     torch.manual_seed(0)
     x = torch.randn(4, TOKENS // 4, EMBED_DIM, requires_grad=True)
     grad = torch.randn_like(x)
 
     report: dict[str, object] = {
-        "command": "python " + shlex.join(["bench/moe_layer.py", *sys.argv[1:]]),
+        "command": (f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else "")
+        + "python "
+        + shlex.join(["bench/moe_layer.py", *sys.argv[1:]]),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": 2,
         "tokens": TOKENS,
         "embed_dim": EMBED_DIM,
         "top_k": TOP_K,
         "repeats": repeats,
-        "unit": "seconds, median forward+backward",
+        "unit": "seconds, median of forward+backward",
         "dense": f"Mlp({EMBED_DIM}, hidden_features={DENSE_HIDDEN}); MoE expert widths from equal_active_hidden",
+        "waited_for_quiet_s": waited,
         "load_average_before": round(os.getloadavg()[0], 2),
     }
-    mixtral: dict[str, object] = {}
+    mixtral_notes: dict[str, str] = {}
+    fast: dict[str, nn.Module] = {}
     for num_experts in EXPERTS:
+        torch.set_num_threads(2)
         h_ermoe = equal_active_hidden(EMBED_DIM, DENSE_HIDDEN, num_experts, TOP_K, "ermoe")
         h_softmax = equal_active_hidden(EMBED_DIM, DENSE_HIDDEN, num_experts, TOP_K, "softmax")
         modules: dict[str, nn.Module] = {"dense": Mlp(EMBED_DIM, DENSE_HIDDEN)}
@@ -117,10 +139,12 @@ def main() -> None:
                 modules[f"{router}_{dispatch}"] = MoELayer(
                     EMBED_DIM, hidden, num_experts, TOP_K, router=router, dispatch=dispatch
                 )
-        block, note = _mixtral(num_experts)
+        if num_experts == 8:  # context: softmax experts as wide as the ERMoE ones (more active parameters)
+            modules["softmax_sorted_ermoe_width"] = MoELayer(EMBED_DIM, h_ermoe, num_experts, TOP_K, router="softmax")
+            fast = {name: modules[name] for name in ("dense", "softmax_sorted", "ermoe_sorted")}
+        block, mixtral_notes[f"E{num_experts}"] = _mixtral(num_experts)
         if block is not None:
             modules["mixtral"] = block
-        mixtral[f"E{num_experts}"] = note
         medians = _time_cases({name: _step(m, x, grad) for name, m in modules.items()}, repeats)
         report[f"E{num_experts}"] = {
             "hidden": {"dense": DENSE_HIDDEN, "softmax": h_softmax, "ermoe": h_ermoe},
@@ -130,10 +154,18 @@ def main() -> None:
         if num_experts == 8:
             report["ermoe_vs_dense"] = round(medians["ermoe_sorted"] / medians["dense"], 3)
             report["ermoe_vs_softmax"] = round(medians["ermoe_sorted"] / medians["softmax_sorted"], 3)
-            report["orthogonalization_ms_fwd_bwd"] = _orthogonalization_ms(num_experts, h_ermoe, repeats)
-    report["mixtral"] = mixtral if any("Mixtral" in str(v) for v in mixtral.values()) else None
-    if report["mixtral"] is None:
-        report["mixtral_reason"] = next(iter(mixtral.values()))
+            # the parametrization takes seconds per step here: a few repeats suffice
+            report["orthogonalization_ms_fwd_bwd"] = _orthogonalization_ms(num_experts, h_ermoe, min(repeats, 3))
+
+    torch.set_num_threads(1)
+    cpu = _time_cases({name: _step(m, x, grad) for name, m in fast.items()}, repeats, time.process_time)
+    report["E8_cpu_seconds_1thread"] = {name: round(value, 5) for name, value in cpu.items()}
+    report["E8_cpu_1thread_ermoe_vs_dense"] = round(cpu["ermoe_sorted"] / cpu["dense"], 3)
+    report["E8_cpu_1thread_ermoe_vs_softmax"] = round(cpu["ermoe_sorted"] / cpu["softmax_sorted"], 3)
+    has_mixtral = any(note.startswith("transformers ") for note in mixtral_notes.values())
+    report["mixtral"] = mixtral_notes if has_mixtral else None
+    if not has_mixtral:
+        report["mixtral_reason"] = mixtral_notes["E8"]
     report["load_average_after"] = round(os.getloadavg()[0], 2)
     line = json.dumps(report)
     print(line)

@@ -79,9 +79,7 @@ def available_dispatch() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def capacity_keep_mask(
-    top_k_index: torch.Tensor, num_experts: int, capacity_factor: float
-) -> tuple[torch.Tensor, int]:
+def capacity_keep_mask(top_k_index: torch.Tensor, num_experts: int, capacity_factor: float) -> tuple[torch.Tensor, int]:
     """Which slots fit under ``capacity = ceil(capacity_factor · n · k / e)`` slots per expert.
 
     Priority goes to better slots (every token's first choice before any second choice), then to
@@ -156,6 +154,4 @@ def sorted_dispatch(
     token = order // k
     rows = token * groups + expert[order] if groups > 1 else token
     gate = top_k_weight.reshape(-1)[order]
-    return grouped_experts(
-        inputs.reshape(n * groups, width), gate, tuple(weights), rows, token, counts, n, act
-    )
+    return grouped_experts(inputs.reshape(n * groups, width), gate, tuple(weights), rows, token, counts, n, act)

@@ -7,11 +7,11 @@ Two interchangeable mechanisms (``orthogonalization=``):
 * ``"qr"`` (default): ``V`` and ``U`` are unconstrained parameters; every forward uses their Q
   factor (batched ``torch.linalg.qr``, signs fixed so ``diag(R) >= 0``). The retraction is
   idempotent, so an orthonormal raw matrix maps to itself.
-* ``"parametrization"``: ``torch.nn.utils.parametrizations.orthogonal`` (Householder map, with
-  trivialization). Its Householder map reads the sign of the stored diagonal with ``int()``;
-  AdamW's weight decay shrinks that diagonal from -1 towards 0 and the map then silently returns
-  zero columns (we measured ``|UᵀU - I| = 1`` after 20 AdamW steps). We therefore put a tiny
-  parametrization in front that pins the diagonal to ±1.
+* ``"parametrization"``: ``torch.nn.utils.parametrizations.orthogonal`` (Householder map, no
+  trivialization, so no ``(e, h, h)`` base buffer). The Householder map reads the sign of the
+  stored diagonal with ``int()``; AdamW's weight decay shrinks that diagonal from -1 towards 0 and
+  the map then silently returns zero columns (we measured ``|UᵀU - I| = 1`` after 20 AdamW steps
+  with lr=1). A tiny parametrization in front pins the diagonal to ±1.
 
 Either way the state dict holds the orthonormal matrices under the keys ``V`` and ``U`` (a
 state-dict post-hook writes them; a load pre-hook maps them back for the parametrization), so
@@ -19,14 +19,14 @@ checkpoints are interchangeable between the two mechanisms and ``BᵀB = I`` hol
 :meth:`EigenExperts.orthonormalize_` copies the orthonormal matrices into the raw parameters (call
 it after optimiser steps to keep them well conditioned; forwards are orthonormal regardless).
 
-Speed (CPU, 2 threads, forward + backward of both bases, median of 30):
+Speed of both bases, forward + backward, single-thread CPU time (best of 7; torch 2.13, d=256):
 
-=====================  ============  =================
-bases (e, h, r)        ``"qr"``      ``"parametrization"``
-=====================  ============  =================
-e=8, d=256, h=794      {QR8} ms      {PAR8} ms
-e=16, d=256, h=794     {QR16} ms     {PAR16} ms
-=====================  ============  =================
+========================  ========  =====================
+bases                     ``"qr"``  ``"parametrization"``
+========================  ========  =====================
+e=8, r=32, h=795          2.4 ms    430 ms
+e=16, r=16, h=842         1.7 ms    880 ms
+========================  ========  =====================
 
 so ``"qr"`` is the default.
 """
@@ -153,9 +153,7 @@ class EigenExperts(ExpertBank):
                 f"and routing collapses. Use expert_rank < {d} (default dim // num_experts = {d // e or 1})."
             )
         if r > h:
-            raise ValueError(
-                f"hidden_features={h} must be >= expert_rank={r} (U_e is h x r with orthonormal columns)."
-            )
+            raise ValueError(f"hidden_features={h} must be >= expert_rank={r} (U_e is h x r with orthonormal columns).")
         if disjoint_bases and e * r > d:
             raise ValueError(
                 f"disjoint_bases=True needs num_experts * expert_rank <= dim, got {e} * {r} > {d}; "
@@ -187,7 +185,7 @@ class EigenExperts(ExpertBank):
             self.V = nn.Parameter(rearrange(v, "e d r -> d (e r)"))
         for name in ("V", "U"):
             parametrize.register_parametrization(self, name, _SignDiagonal())
-            parametrizations.orthogonal(self, name, orthogonal_map="householder")
+            parametrizations.orthogonal(self, name, orthogonal_map="householder", use_trivialization=False)
         if self.disjoint_bases:
             parametrize.register_parametrization(self, "V", _SplitBlocks(self.num_experts), unsafe=True)
         with torch.no_grad():
@@ -198,9 +196,7 @@ class EigenExperts(ExpertBank):
         if self.orthogonalization == "parametrization":
             return self.V, self.U
         if self.disjoint_bases:
-            v = rearrange(
-                qr_retract(rearrange(self.V, "e d r -> d (e r)")), "d (e r) -> e d r", e=self.num_experts
-            )
+            v = rearrange(qr_retract(rearrange(self.V, "e d r -> d (e r)")), "d (e r) -> e d r", e=self.num_experts)
         else:
             v = qr_retract(self.V)
         return v, qr_retract(self.U)
@@ -268,9 +264,7 @@ def orthonormalize_(model: nn.Module) -> int:
     return len(banks)
 
 
-def _save_orthonormal_bases(
-    module: EigenExperts, state_dict: dict, prefix: str, local_metadata: dict
-) -> None:
+def _save_orthonormal_bases(module: EigenExperts, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     with torch.no_grad():
         v, u = module.bases()
     for key in [k for k in state_dict if k.startswith(prefix + "parametrizations.")]:

@@ -104,9 +104,7 @@ class DenseExperts(ExpertBank):
 
     per_expert_inputs = False
 
-    def __init__(
-        self, num_experts: int, dim: int, hidden_features: int, act_layer: type[nn.Module] = nn.GELU
-    ) -> None:
+    def __init__(self, num_experts: int, dim: int, hidden_features: int, act_layer: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.num_experts = check_positive_int("num_experts", num_experts)
         self.dim = check_positive_int("dim", dim)

@@ -143,7 +143,9 @@ class MoELayer(nn.Module):
         if isinstance(self.experts, EigenExperts):
             v, u = self.experts.bases()
             inputs = self.experts.project(tokens, v)  # (n, e, r), shared by router and experts
-            routed = self.router(inputs, token_norms(tokens))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.router.needs_token_norm_gradient):
+                norm = token_norms(tokens)  # the default gates do not depend on it: skip its backward
+            routed = self.router(inputs, norm)
             weights = self.experts.expert_weights(u)
         else:
             routed = self.router(tokens)

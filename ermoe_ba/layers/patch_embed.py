@@ -74,9 +74,7 @@ class PatchEmbed(nn.Module):
         self.in_chans = check_positive_int("in_chans", in_chans)
         self.embed_dim = check_positive_int("embed_dim", embed_dim)
         self.spatial_dims = spatial_dims
-        self.grid_size: tuple[int, ...] = tuple(
-            i // p for i, p in zip(self.img_size, self.patch_size, strict=True)
-        )
+        self.grid_size: tuple[int, ...] = tuple(i // p for i, p in zip(self.img_size, self.patch_size, strict=True))
         self.num_patches = math.prod(self.grid_size)
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         self.proj = conv(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)

@@ -42,15 +42,12 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _safe_norm(squared: torch.Tensor) -> torch.Tensor:
-    # sqrt has an infinite derivative at 0; route zeros around it so gradients stay finite
-    positive = squared > 0
-    return torch.where(positive, squared.clamp_min(_EPS * _EPS).sqrt(), torch.zeros_like(squared))
-
-
 def token_norms(x: torch.Tensor) -> torch.Tensor:
-    """Norms ``||x||`` (at least float32) over the last axis, with a finite gradient at zero."""
-    return _safe_norm(_at_least_float32(x).square().sum(-1))
+    """Norms ``||x||`` (at least float32) over the last axis, with a finite gradient at zero.
+
+    ``torch.linalg.vector_norm`` backpropagates 0 (not NaN) through a zero vector.
+    """
+    return torch.linalg.vector_norm(_at_least_float32(x), dim=-1)
 
 
 def eigenbasis_scores(projection: torch.Tensor, token_norm: torch.Tensor) -> torch.Tensor:
@@ -69,7 +66,7 @@ def eigenbasis_scores(projection: torch.Tensor, token_norm: torch.Tensor) -> tor
     >>> eigenbasis_scores(proj, torch.tensor([5.0]))
     tensor([[0.6000, 0.0000]])
     """
-    norms = _safe_norm(_at_least_float32(projection).square().sum(-1))  # (n, e)
+    norms = token_norms(projection)  # (n, e)
     return (norms / _at_least_float32(token_norm).clamp_min(_EPS).unsqueeze(-1)).clamp(0.0, 1.0)
 
 
@@ -116,27 +113,36 @@ class EigenbasisRouter(nn.Module):
         if top_k > num_experts:
             raise ValueError(f"top_k={top_k} exceeds num_experts={num_experts}.")
         if route_threshold is not None and not 0.0 <= route_threshold <= 1.0:
-            raise ValueError(
-                f"route_threshold must lie in [0, 1] (scores are cosines), got {route_threshold}."
-            )
+            raise ValueError(f"route_threshold must lie in [0, 1] (scores are cosines), got {route_threshold}.")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.route_threshold = route_threshold
         self.gate = check_choice("gate", gate, EIGEN_GATES)
         self.temperature = float(temperature)
 
+    @property
+    def needs_token_norm_gradient(self) -> bool:
+        """Whether the gates depend on ``||x||`` (only the softmax gate does, see :meth:`forward`)."""
+        return self.gate == "softmax"
+
     def forward(self, projection: torch.Tensor, token_norm: torch.Tensor) -> RouterOutput:
-        """Route from ``projection`` ``(n, e, r)`` and ``token_norm`` ``(n,)``."""
-        scores = eigenbasis_scores(projection, token_norm)  # (n, e)
-        ranking = scores
+        """Route from ``projection`` ``(n, e, r)`` and ``token_norm`` ``(n,)``.
+
+        ``||x||`` is the same for all experts of a token, so neither the ranking nor the
+        ``"normalize"`` gates ``||V_eᵀx|| / Σ_sel ||V_eᵀx||`` depend on it; callers that only need
+        those gradients may pass a ``token_norm`` computed without autograd.
+        """
+        norms = token_norms(projection)  # (n, e) = ||V_e^T x||
+        scores = (norms / _at_least_float32(token_norm).clamp_min(_EPS).unsqueeze(-1)).clamp(0.0, 1.0)
+        ranking = norms
         if self.route_threshold is not None:
             # scores lie in [0, 1]: shifting ineligible ones by -2 ranks them after every eligible one
             ranking = torch.where(scores >= self.route_threshold, scores, scores - 2.0)
         top_k_index = ranking.detach().topk(self.top_k, dim=-1).indices
-        selected = scores.gather(1, top_k_index)  # (n, k)
         if self.gate == "softmax":
-            weight = torch.softmax(selected / self.temperature, dim=-1)
+            weight = torch.softmax(scores.gather(1, top_k_index) / self.temperature, dim=-1)
         else:
+            selected = norms.gather(1, top_k_index)  # (n, k)
             total = selected.sum(-1, keepdim=True)
             weight = torch.where(
                 total > 0, selected / total.clamp_min(_EPS), torch.full_like(selected, 1.0 / self.top_k)
@@ -210,7 +216,4 @@ class SoftmaxTopKRouter(nn.Module):
         return RouterOutput(probs, top_k_index, weight, aux)
 
     def extra_repr(self) -> str:
-        return (
-            f"top_k={self.top_k}, balance_loss_weight={self.balance_loss_weight}, "
-            f"z_loss_weight={self.z_loss_weight}"
-        )
+        return f"top_k={self.top_k}, balance_loss_weight={self.balance_loss_weight}, z_loss_weight={self.z_loss_weight}"

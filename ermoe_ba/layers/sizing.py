@@ -63,9 +63,7 @@ def equal_active_hidden(
         hidden = (dense - d * num_experts - k * d) / (k * (2 * d + 1))
         minimum = 1
     else:
-        r = check_positive_int(
-            "expert_rank", expert_rank if expert_rank is not None else max(1, d // num_experts)
-        )
+        r = check_positive_int("expert_rank", expert_rank if expert_rank is not None else max(1, d // num_experts))
         hidden = (dense - num_experts * d * r - k * (r + d)) / (k * (r + 1 + d))
         minimum = r
     result = round(hidden)
