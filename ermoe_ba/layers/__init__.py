@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ermoe_ba.layers.attention import Attention
 from ermoe_ba.layers.block import Block, BlockOutput, DropPath, drop_path
+from ermoe_ba.layers.conv_stem import ConvStemEmbed
 from ermoe_ba.layers.dispatch import (
     DispatchFn,
     available_dispatch,
@@ -46,6 +47,7 @@ __all__ = [
     "Attention",
     "Block",
     "BlockOutput",
+    "ConvStemEmbed",
     "DenseExperts",
     "DispatchFn",
     "DropPath",

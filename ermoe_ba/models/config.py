@@ -63,6 +63,9 @@ class ModelConfig:
     expert_hidden
         Hidden width of one expert; ``None`` picks the width that gives the MoE layer the same
         number of *active* parameters per token as the dense ``Mlp``.
+    stem
+        ``"linear"``: one strided convolution per patch (ViT); ``"conv"``: ``log2(patch_size)``
+        stride-2 convolutions (hybrid stem, far fewer parameters, same token grid).
     num_outputs
         Size of the head: 1 for regression, the number of classes for classification, 0 for
         no head (``pre_logits``).
@@ -73,6 +76,8 @@ class ModelConfig:
     in_chans: int = 1
     img_size: tuple[int, ...] = (80, 96, 80)
     patch_size: tuple[int, ...] | int = 16
+    stem: str = "linear"
+    stem_width: int = 16
     vocab_size: int = 0
     max_seq_len: int = 0
     causal: bool = False
@@ -100,6 +105,7 @@ class ModelConfig:
         check_choice("input_type", self.input_type, ("image", "tokens"))
         check_choice("router", self.router, ROUTERS)
         check_choice("pool", self.pool, ("mean", "cls"))
+        check_choice("stem", self.stem, ("linear", "conv"))
         if self.input_type == "image" and self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3 for images, got {self.spatial_dims}")
         if self.input_type == "tokens" and (self.vocab_size <= 0 or self.max_seq_len <= 0):

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ermoe_ba.layers import Block, Mlp, MoELayer, PatchEmbed, equal_active_hidden
+from ermoe_ba.layers import Block, ConvStemEmbed, Mlp, MoELayer, PatchEmbed, equal_active_hidden
 from ermoe_ba.models.config import ModelConfig
 from ermoe_ba.routing.trace import LayerTrace, RoutingTrace
 
@@ -89,9 +89,14 @@ class MoETransformer(nn.Module):
         self.config = config
         dim = config.embed_dim
         if config.input_type == "image":
-            self.patch_embed: nn.Module = PatchEmbed(
-                config.img_size, config.patch_size, config.in_chans, dim, spatial_dims=config.spatial_dims
-            )
+            if config.stem == "conv":
+                self.patch_embed: nn.Module = ConvStemEmbed(
+                    config.img_size, config.patch_size, config.in_chans, dim, config.spatial_dims, config.stem_width
+                )
+            else:
+                self.patch_embed = PatchEmbed(
+                    config.img_size, config.patch_size, config.in_chans, dim, spatial_dims=config.spatial_dims
+                )
             self.grid_size: tuple[int, ...] | None = tuple(self.patch_embed.grid_size)
             num_tokens = self.patch_embed.num_patches
         else:

@@ -142,3 +142,14 @@ def test_brain_age_model_follows_a_custom_grid():
     assert model.config.img_size == (40, 48, 40)
     assert model.grid_size == (5, 6, 5)
     assert model(torch.randn(1, 1, 40, 48, 40)).output.shape == (1, 1)
+
+
+def test_conv_stem_keeps_token_grid_and_shrinks_the_stem():
+    linear = create_model("ermoe_ba_tiny")
+    conv = create_model("ermoe_ba_tiny", stem="conv")
+    assert conv.grid_size == linear.grid_size == (5, 6, 5)
+    n_linear = sum(p.numel() for p in linear.patch_embed.parameters())
+    n_conv = sum(p.numel() for p in conv.patch_embed.parameters())
+    assert n_conv < n_linear
+    out = conv(torch.randn(1, 1, 80, 96, 80), capture_routing=True)
+    assert out.routing[1].top_k_index.shape == (1, 150, 2)
