@@ -55,14 +55,10 @@ class SFCN(nn.Module):
     torch.Size([2, 1])
     """
 
-    def __init__(
-        self, config: ModelConfig, channels: tuple[int, ...] = (8, 16, 32, 64, 64), stem_stride: int = 1
-    ):
+    def __init__(self, config: ModelConfig, channels: tuple[int, ...] = (8, 16, 32, 64, 64), stem_stride: int = 1):
         super().__init__()
         if config.spatial_dims != 3 or config.input_type != "image":
-            raise ValueError(
-                f"SFCN needs 3D image input, got {config.input_type!r} with {config.spatial_dims} dims"
-            )
+            raise ValueError(f"SFCN needs 3D image input, got {config.input_type!r} with {config.spatial_dims} dims")
         if min(config.img_size) // stem_stride < 2 ** len(channels):
             raise ValueError(
                 f"img_size={config.img_size} with stem_stride={stem_stride} is too small for "
@@ -73,9 +69,7 @@ class SFCN(nn.Module):
         self.stem_stride = stem_stride
         self.stem = nn.AvgPool3d(stem_stride) if stem_stride > 1 else nn.Identity()
         widths = (config.in_chans, *channels)
-        self.features = nn.Sequential(
-            *(_conv_block(widths[i], widths[i + 1], pool=True) for i in range(len(channels)))
-        )
+        self.features = nn.Sequential(*(_conv_block(widths[i], widths[i + 1], pool=True) for i in range(len(channels))))
         self.classifier = nn.Sequential(
             nn.Conv3d(channels[-1], channels[-1], kernel_size=1, bias=False),
             nn.BatchNorm3d(channels[-1]),

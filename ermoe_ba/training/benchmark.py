@@ -49,9 +49,7 @@ def compare_to_reference(summary: dict[str, dict[str, Any]], reference: str) -> 
     out: dict[str, Any] = {"reference": reference, "reference_mae": ref}
     if others:
         best = min(others, key=others.get)
-        out.update(
-            best_other=best, best_other_mae=others[best], improvement=(others[best] - ref) / others[best]
-        )
+        out.update(best_other=best, best_other_mae=others[best], improvement=(others[best] - ref) / others[best])
     load = summary[reference].get("load_cv_mean")
     if load is not None and "softmax" in summary and summary["softmax"].get("load_cv_mean") is not None:
         out["load_cv_vs_softmax"] = {"reference": load, "softmax": summary["softmax"]["load_cv_mean"]}
@@ -85,9 +83,7 @@ def run_cv_pipeline(
     out_dir = Path(out_dir)
     data_cfg = config["data"]
     preprocess = PreprocessConfig.from_dict(config.get("preprocess", {}))
-    data = load_cohort(
-        data_cfg["inputs"], data_cfg.get("ages"), preprocess, progress=progress, workers=workers
-    )
+    data = load_cohort(data_cfg["inputs"], data_cfg.get("ages"), preprocess, progress=progress, workers=workers)
     cv = config.get("cv", {})
     folds = cv_splits(
         data.ages,
@@ -110,9 +106,7 @@ def run_cv_pipeline(
     if only_methods:
         unknown = set(only_methods) - {m.name for m in methods}
         if unknown:
-            raise ValueError(
-                f"unknown method(s) {sorted(unknown)}; the config has {[m.name for m in methods]}"
-            )
+            raise ValueError(f"unknown method(s) {sorted(unknown)}; the config has {[m.name for m in methods]}")
         methods = [m for m in methods if m.name in only_methods]
     results = cross_validate(methods, data, folds, out_dir, resume=resume, only_folds=only_folds)
     # the report covers every finished fold of every configured method, not only this run's

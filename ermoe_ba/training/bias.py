@@ -53,13 +53,9 @@ class AgeBiasCorrection:
         t = np.asarray(age, dtype=np.float64).reshape(-1)
         p = np.asarray(predicted, dtype=np.float64).reshape(-1)
         if t.shape != p.shape or t.size < 3:
-            raise ValueError(
-                f"the bias correction needs >= 3 paired ages and predictions, got {t.size} and {p.size}"
-            )
+            raise ValueError(f"the bias correction needs >= 3 paired ages and predictions, got {t.size} and {p.size}")
         if np.ptp(t) == 0:
-            raise ValueError(
-                "the bias correction needs scans of different ages; all calibration ages are equal"
-            )
+            raise ValueError("the bias correction needs scans of different ages; all calibration ages are equal")
         slope, intercept = np.polyfit(t, p, deg=1)
         if slope < MIN_SLOPE:
             raise ValueError(

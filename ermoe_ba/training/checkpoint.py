@@ -107,9 +107,7 @@ def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch
         raise ValueError(f"{path} has no ermoe-ba metadata; it was not written by save_checkpoint")
     meta = json.loads(meta_json)
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} has format {meta.get('format')!r}; this version reads {CHECKPOINT_FORMAT!r}"
-        )
+        raise ValueError(f"{path} has format {meta.get('format')!r}; this version reads {CHECKPOINT_FORMAT!r}")
     return state, meta
 
 
@@ -118,9 +116,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return _read(Path(path), "cpu")[1]
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a checkpoint and load its weights.
 
     Returns
@@ -146,8 +142,7 @@ def load_checkpoint(
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{path} does not fit model {meta['model_name']!r}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{path} does not fit model {meta['model_name']!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.default_preprocess = preprocess
     return model.to(map_location).eval(), meta

@@ -109,9 +109,7 @@ class PcaRidgeBrainAge:
         if self.search_ is None:
             raise RuntimeError("PcaRidgeBrainAge.out_of_fold called before fit")
         inner = KFold(self.inner_folds, shuffle=True, random_state=self.seed + 1)
-        return cross_val_predict(
-            self.search_.best_estimator_, self._features(volumes), np.asarray(ages), cv=inner
-        )
+        return cross_val_predict(self.search_.best_estimator_, self._features(volumes), np.asarray(ages), cv=inner)
 
     @property
     def best_alpha(self) -> float:

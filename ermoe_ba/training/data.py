@@ -153,9 +153,7 @@ def load_volumes(
         sessions.append(getattr(rec, "session", None))
         paths.append(str(rec.path))
     if not vols:
-        raise ValueError(
-            f"none of the {len(records)} scans could be conformed; first problems: {skipped[:3]}"
-        )
+        raise ValueError(f"none of the {len(records)} scans could be conformed; first problems: {skipped[:3]}")
     volumes = torch.stack(vols).unsqueeze(1)
     return VolumeSet(volumes, np.asarray(ages), ids, preprocess, sessions, paths, skipped, source)
 

@@ -54,9 +54,7 @@ def scatter_plot(
     lo = float(min(age.min(), predicted.min())) - 5
     hi = float(max(age.max(), predicted.max())) + 5
     ax.plot([lo, hi], [lo, hi], color="0.4", lw=1, ls="--", label="identity")
-    ax.set(
-        xlim=(lo, hi), ylim=(lo, hi), xlabel="chronological age (y)", ylabel="predicted age (y)", title=title
-    )
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="chronological age (y)", ylabel="predicted age (y)", title=title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     output_file = Path(output_file)

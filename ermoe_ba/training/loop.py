@@ -78,7 +78,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or any(k in name for k in ("pos_embed", "cls_token", "log_s", "norm"))
+        # eigen-expert bases are retracted to orthonormal by QR: their scale is meaningless, and
+        # decaying it would only raise their effective learning rate
+        scale_free = name.endswith((".V", ".U"))
+        skip = scale_free or p.ndim <= 1 or any(k in name for k in ("pos_embed", "cls_token", "log_s", "norm"))
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -172,23 +175,24 @@ def fit(
     total = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     warmup = min(total // 2, steps_per_epoch * cfg.warmup_epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, warmup, total, cfg.min_lr_ratio)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warmup, total, cfg.min_lr_ratio))
     augment = BatchAugment(cfg.augment, seed=cfg.seed + 1000 * rank())
     result = FitResult(model, scaler)
     best_state, since_best, start = None, 0, time.perf_counter()
+    retract = [m for m in model.modules() if hasattr(m, "orthonormalize_")]
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    scored = ema.module if ema is not None else model
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        range(cfg.epochs), desc="train", unit="epoch", disable=not (cfg.progress and is_main_process())
-    )
+    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not (cfg.progress and is_main_process()))
     for epoch in bar:
         net.train()
-        order = torch.randperm(
-            train_volumes.shape[0], generator=torch.Generator().manual_seed(cfg.seed + epoch)
-        )
+        order = torch.randperm(train_volumes.shape[0], generator=torch.Generator().manual_seed(cfg.seed + epoch))
         mine = order[rank() :: world_size()][:n_local]  # equal step counts on every process
         total_loss, total_aux, seen = 0.0, 0.0, 0
         for step in range(steps_per_epoch):
@@ -204,6 +208,10 @@ def fit(
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            for module in retract:  # keep raw eigen bases orthonormal (well conditioned for QR)
+                module.orthonormalize_()
+            if ema is not None:
+                ema.update_parameters(model)
             schedule.step()
             total_loss += float(loss.detach()) * len(idx)
             total_aux += float(out.aux_loss.detach()) * len(idx)
@@ -215,20 +223,21 @@ def fit(
             "lr": optimizer.param_groups[0]["lr"],
         }
         if val_volumes is not None and val_ages is not None and len(val_ages):
-            pred, _ = predict(model, val_volumes, scaler, cfg.eval_batch_size, device, amp=cfg.amp)
+            pred, _ = predict(scored, val_volumes, scaler, cfg.eval_batch_size, device, amp=cfg.amp)
             record["val_mae"] = float(np.abs(pred - np.asarray(val_ages)).mean())
             if not record["val_mae"] >= result.best_val_mae:  # also true while best is NaN
                 result.best_val_mae, result.best_epoch, since_best = record["val_mae"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(scored.state_dict())
             else:
                 since_best += 1
         result.history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_mae")})
         if cfg.patience and since_best >= cfg.patience:
             break
+    if best_state is None:  # no validation: keep the last epoch (its weight average with EMA)
+        result.best_epoch = len(result.history) - 1
+        best_state = ema.module.state_dict() if ema is not None else None
     if best_state is not None:
         model.load_state_dict(best_state)
-    else:
-        result.best_epoch = len(result.history) - 1
     result.seconds = time.perf_counter() - start
     return result

@@ -92,10 +92,7 @@ class DeepMethod:
         infer_s = (time.perf_counter() - start) / max(1, len(split.test))
         load = {}
         if trace is not None:
-            load = {
-                str(i): load_metrics(layer.top_k_index, layer.num_experts)
-                for i, layer in trace.layers.items()
-            }
+            load = {str(i): load_metrics(layer.top_k_index, layer.num_experts) for i, layer in trace.layers.items()}
         info = {
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
@@ -165,9 +162,7 @@ def method_from_dict(spec: dict[str, Any], train: TrainConfig | None = None) -> 
     if kind == "classical":
         return ClassicalMethod(**spec)
     if kind != "deep":
-        raise ValueError(
-            f"method kind {kind!r} is not 'deep' or 'classical' (in method {spec.get('name')!r})"
-        )
+        raise ValueError(f"method kind {kind!r} is not 'deep' or 'classical' (in method {spec.get('name')!r})")
     base = (train or TrainConfig()).to_dict()
     own = spec.pop("train", {}) or {}
     augment = {**base.pop("augment"), **own.pop("augment", {})}

@@ -75,9 +75,7 @@ def train_brain_age(
     cfg = config or TrainConfig()
     overrides = dict(model_overrides or {})
     data = data.with_age()
-    train_idx, val_idx = train_val_split(
-        data.ages, data.subject_ids, val_fraction=val_fraction, seed=cfg.seed
-    )
+    train_idx, val_idx = train_val_split(data.ages, data.subject_ids, val_fraction=val_fraction, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = create_model(model_name, preprocess=data.preprocess, **overrides)
     vol, ages = data.volumes, data.ages

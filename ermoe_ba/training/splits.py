@@ -90,9 +90,7 @@ def train_val_split(
     k = max(2, round(1.0 / val_fraction))
     g = _groups(groups, a.size)
     if len(np.unique(g)) < k:
-        raise ValueError(
-            f"{len(np.unique(g))} subjects are too few for a {val_fraction:.0%} validation split"
-        )
+        raise ValueError(f"{len(np.unique(g))} subjects are too few for a {val_fraction:.0%} validation split")
     train, val = _stratified_group_folds(a, g, k, n_bins, seed)[0]
     return np.sort(train), np.sort(val)
 
@@ -122,8 +120,6 @@ def cv_splits(
         raise ValueError(f"{len(np.unique(g))} subjects are too few for {n_splits}-fold cross-validation")
     folds = []
     for i, (rest, test) in enumerate(_stratified_group_folds(a, g, n_splits, n_bins, seed)):
-        tr, va = train_val_split(
-            a[rest], g[rest], val_fraction=val_fraction, seed=seed + 1 + i, n_bins=n_bins
-        )
+        tr, va = train_val_split(a[rest], g[rest], val_fraction=val_fraction, seed=seed + 1 + i, n_bins=n_bins)
         folds.append(FoldSplit(i, np.sort(rest[tr]), np.sort(rest[va]), np.sort(test)))
     return folds

@@ -67,9 +67,7 @@ def test_not_a_checkpoint_raises_with_the_path(tmp_path):
 
 def test_train_brain_age_stores_target_stats_bias_and_data_description(tmp_path, synthetic):
     ixi = VolumeSet(synthetic.volumes, synthetic.ages, [f"IXI{i:03d}-HH-1" for i in range(24)], GRID)
-    cfg = TrainConfig(
-        epochs=3, batch_size=8, progress=False, device="cpu", augment=AugmentConfig(kind="none")
-    )
+    cfg = TrainConfig(epochs=3, batch_size=8, progress=False, device="cpu", augment=AugmentConfig(kind="none"))
     result = train_brain_age(ixi, tmp_path / "m.safetensors", "sfcn_tiny", {"channels": (4, 8, 16)}, cfg)
     meta = read_meta(result.checkpoint)
     train_ids = meta["training_data"]["subject_ids"]

@@ -18,26 +18,22 @@ runner = CliRunner()
 def test_unknown_model_is_a_usage_error_with_a_hint(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("path,age\nx.nii.gz,40\n")
-    result = runner.invoke(
-        app, ["train", str(table), "--out", str(tmp_path / "m.pt"), "--model", "ermoe_ba_tiyn"]
-    )
+    result = runner.invoke(app, ["train", str(table), "--out", str(tmp_path / "m.pt"), "--model", "ermoe_ba_tiyn"])
     assert result.exit_code == 2
     assert "ermoe_ba_tiny" in result.output
 
 
 def test_evaluate_missing_checkpoint_exits_2(tmp_path):
-    result = runner.invoke(
-        app, ["evaluate", str(tmp_path / "none.safetensors"), str(tmp_path), "-o", str(tmp_path)]
-    )
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "none.safetensors"), str(tmp_path), "-o", str(tmp_path)])
     assert result.exit_code == 2 and "none.safetensors" in result.output
 
 
 @pytest.mark.slow
 def test_train_then_evaluate_on_real_scans(tmp_path, real_scans):
     table = tmp_path / "scans.csv"
-    pd.DataFrame(
-        {"subject_id": real_scans.subject_ids, "path": real_scans.paths, "age": real_scans.ages}
-    ).to_csv(table, index=False)
+    pd.DataFrame({"subject_id": real_scans.subject_ids, "path": real_scans.paths, "age": real_scans.ages}).to_csv(
+        table, index=False
+    )
     ckpt = tmp_path / "model.safetensors"
     args = ["train", str(table), "-o", str(ckpt), "--epochs", "2", "--batch-size", "2", "--no-progress",
             "--val-fraction", "0.25", "--router", "softmax", "--augment", "none"]  # fmt: skip

@@ -37,8 +37,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     gen = torch.Generator().manual_seed(1)
     volumes = torch.randn(12, 1, 16, 16, 16, generator=gen)
     ages = np.linspace(20, 80, 12)
-    cfg = TrainConfig(epochs=2, batch_size=2, lr=1e-2, warmup_epochs=0, progress=False, seed=0,
-                      augment=AugmentConfig(shift=1))  # ranks draw different augmentations
+    cfg = TrainConfig(
+        epochs=2, batch_size=2, lr=1e-2, warmup_epochs=0, progress=False, seed=0, augment=AugmentConfig(shift=1)
+    )  # ranks draw different augmentations
     fit(model, volumes, ages, config=cfg)
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(params) for _ in range(world)]

@@ -61,9 +61,7 @@ def test_fit_learns_synthetic_ages_and_keeps_the_best_epoch(synthetic):
         **QUIET,
     )
     model = small_sfcn()
-    result = fit(
-        model, synthetic.volumes[tr], synthetic.ages[tr], synthetic.volumes[va], synthetic.ages[va], cfg
-    )
+    result = fit(model, synthetic.volumes[tr], synthetic.ages[tr], synthetic.volumes[va], synthetic.ages[va], cfg)
     losses = [h["train_loss"] for h in result.history]
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
     best = min(h["val_mae"] for h in result.history)
@@ -112,3 +110,31 @@ def test_tiny_run_on_real_scans_lowers_the_training_loss(real_scans):
     fit(model, real_scans.volumes, real_scans.ages, config=cfg)
     after = np.abs(predict(model, real_scans.volumes, scaler)[0] - real_scans.ages).mean()
     assert after < 0.5 * before
+
+
+def test_ema_result_is_the_exponential_average_of_the_steps(synthetic):
+    vol, age = synthetic.volumes[:8], synthetic.ages[:8]
+
+    def run(epochs: int, ema: float) -> torch.Tensor:
+        cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, warmup_epochs=0, patience=0, ema_decay=ema,
+                          augment=AugmentConfig(kind="none"), **QUIET)  # fmt: skip
+        model = small_sfcn()
+        fit(model, vol, age, config=cfg)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    first, second = run(1, 0.0), run(2, 0.0)  # parameters after step 1 and step 2
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(run(2, 0.75), 0.75 * first + 0.25 * second)
+
+
+def test_eigen_bases_stay_orthonormal_through_training(synthetic):
+    torch.manual_seed(0)
+    model = create_model("ermoe_ba_tiny", preprocess=GRID, patch_size=8, embed_dim=32, num_heads=2)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0,
+                      augment=AugmentConfig(kind="none"), **QUIET)  # fmt: skip
+    fit(model, synthetic.volumes[:16], synthetic.ages[:16], config=cfg)
+    bases = [p for n, p in model.named_parameters() if n.endswith((".V", ".U"))]
+    assert bases
+    for b in bases:
+        gram = b.detach().mT @ b.detach()
+        torch.testing.assert_close(gram, torch.eye(gram.shape[-1]).expand_as(gram), atol=1e-4, rtol=0)

@@ -37,8 +37,7 @@ def test_folds_are_age_stratified_and_deterministic(cohort):
         assert counts.max() - counts.min() <= 2  # each fold spans the age range evenly
     again = cv_splits(age, subjects, n_splits=5, seed=0)
     assert all(
-        np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val)
-        for a, b in zip(folds, again, strict=True)
+        np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val) for a, b in zip(folds, again, strict=True)
     )
     other = cv_splits(age, subjects, n_splits=5, seed=1)
     assert not all(np.array_equal(a.test, b.test) for a, b in zip(folds, other, strict=True))
