@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from ermoe_ba.inference.pretrained import register_bundled_model
+from ermoe_ba.inference.pretrained import bundled_models, register_bundled_model
+from ermoe_ba.training.checkpoint import read_meta
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.data import load_cohort
 from ermoe_ba.training.run import train_brain_age
@@ -34,22 +35,29 @@ def main() -> None:
     parser.add_argument("--name", default="ermoe_ba_tiny_ixi")
     parser.add_argument("--weights-dir", type=Path, default=REPO / "ermoe_ba" / "weights")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--register-only", action="store_true", help="Keep the trained checkpoint; refresh its manifest entry"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     cv_config = json.loads(args.cv_config.read_text())
     method = next(m for m in cv_config["methods"] if m["name"] == args.method)
     train = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
-    data = load_cohort(DEV_SET, workers=args.workers, progress=False)
-    start = time.perf_counter()
     checkpoint = args.weights_dir / f"{args.name}.safetensors"
-    result = train_brain_age(data, checkpoint, method["model_name"], method.get("model_overrides"), train)
-    seconds = time.perf_counter() - start
+    if args.register_only:
+        meta = read_meta(checkpoint)
+        previous = bundled_models()["models"].get(args.name, {})
+        seconds, val_metrics = previous.get("train_seconds"), meta.get("validation_metrics", {})
+    else:
+        data = load_cohort(DEV_SET, workers=args.workers, progress=False)
+        start = time.perf_counter()
+        result = train_brain_age(data, checkpoint, method["model_name"], method.get("model_overrides"), train)
+        seconds, meta, val_metrics = round(time.perf_counter() - start, 1), result.meta, result.val_metrics
     cv = {}
     if args.cv_results.is_file():
         report = json.loads(args.cv_results.read_text())
         cv = report.get("methods", {}).get(args.method, {}) or report.get(args.method, {})
-    meta = result.meta
     details = {
         "architecture": {"model_name": meta["model_name"], "model_config": meta["model_config"]},
         "preprocess": meta["preprocess"],
@@ -62,13 +70,13 @@ def main() -> None:
         "licence": "CC BY-SA 3.0",
         "attribution": "Data from the IXI dataset (https://brain-development.org/ixi-dataset/), Imperial College "
         "London, EPSRC GR/S21533/02. Weights trained on it are released under CC BY-SA 3.0.",
-        "validation_metrics": result.val_metrics,
+        "validation_metrics": val_metrics,
         "cross_validated_metrics": cv,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": seconds,
         "command": "python " + " ".join(shlex.quote(a) for a in ["pipelines/default_model/run.py", *sys.argv[1:]]),
     }
     register_bundled_model(checkpoint, args.name, details, default=True, weights_dir=args.weights_dir)
-    print(json.dumps({"checkpoint": str(checkpoint), "train_seconds": round(seconds, 1), **result.val_metrics}))
+    print(json.dumps({"checkpoint": str(checkpoint), "train_seconds": seconds, **val_metrics}))
 
 
 if __name__ == "__main__":
