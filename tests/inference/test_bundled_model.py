@@ -1,0 +1,63 @@
+"""The bundled default model: integrity, the README's demo, and invariance to how a scan is stored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conform_helpers import reencoded_variants
+from typer.testing import CliRunner
+
+from ermoe_ba.cli.main import app
+from ermoe_ba.inference import BrainAgePredictor, bundled_models, resolve_checkpoint
+from ermoe_ba.inference.pretrained import sha256_of
+from ermoe_ba.inference.table import PREDICTION_COLUMNS, read_table
+
+
+@pytest.fixture(scope="module")
+def predictor() -> BrainAgePredictor:
+    return BrainAgePredictor.from_pretrained("default", device="cpu")
+
+
+def test_manifest_names_a_default_whose_checksum_and_licence_hold():
+    manifest = bundled_models()
+    entry = manifest["models"][manifest["default"]]
+    path = resolve_checkpoint("default")
+    assert sha256_of(path) == entry["sha256"]
+    assert entry["licence"] == "CC BY-SA 3.0" and "IXI" in entry["attribution"]
+    assert entry["architecture"]["model_name"].startswith("ermoe_ba_")
+    assert entry["architecture"]["model_config"]["router"] == "ermoe"
+
+
+def test_default_model_carries_its_training_statistics(predictor):
+    meta = predictor.meta
+    assert 20 < meta["target"]["mean"] < 80 and meta["target"]["std"] > 5
+    assert meta["training_data"]["licence"] == "CC BY-SA 3.0"
+    assert 0.3 < meta["bias_correction"]["slope"] < 1.5
+
+
+@pytest.mark.slow
+def test_demo_prints_plausible_ages_for_the_bundled_scans(tmp_path):
+    out = tmp_path / "demo.csv"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    table = read_table(out)
+    assert list(table.columns) == list(PREDICTION_COLUMNS) and len(table) == 3
+    assert (table["status"] == "ok").all()
+    for sid in table["subject_id"]:
+        assert sid in result.output
+    # The model saw these scans in training; young, middle-aged and old must come out in order.
+    assert table.sort_values("age")["predicted_age"].is_monotonic_increasing
+    assert (table["predicted_age"] - table["age"]).abs().max() < 15
+
+
+@pytest.mark.slow
+def test_reencoded_scan_gets_nearly_the_same_age(predictor, ixi_dir, tmp_path):
+    scan = ixi_dir / "t1" / "IXI002-HH-1110_T1.nii.gz"
+    if not scan.exists():
+        scan = sorted((ixi_dir / "t1").glob("*.nii.gz"))[10]
+    variants = reencoded_variants(scan, tmp_path)
+    chosen = [variants[k] for k in ("lpi", "iso1.5", "origin25", "rot10", "int16")]
+    table = predictor.predict_files([scan, *chosen], workers=2, progress=False)
+    assert (table["status"] == "ok").all(), table["error"].tolist()
+    ages = table["predicted_age"].to_numpy()
+    assert np.abs(ages[1:] - ages[0]).max() <= 1.0, dict(zip(table["subject_id"], ages.round(2), strict=True))
