@@ -125,6 +125,22 @@ def predict(
     return pred, (RoutingTrace.concat(traces) if traces else None)
 
 
+@torch.no_grad()
+def _recompute_bn(model: nn.Module, volumes: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Re-estimate BatchNorm running statistics on un-augmented training scans.
+
+    Running averages with momentum over a few small, augmented batches swing the eval-mode
+    output of a CNN by tens of years from one epoch to the next on ~100 scans; statistics
+    computed for the current weights remove that noise from validation and the kept model.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    batches = (volumes[i : i + batch_size].float() for i in range(0, volumes.shape[0], batch_size))
+    was_training = model.training
+    update_bn(batches, model, device=device)
+    model.train(was_training)
+
+
 def _loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "l1":
         return torch.nn.functional.l1_loss(pred, target)
@@ -186,6 +202,7 @@ def fit(
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     scored = ema.module if ema is not None else model
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
     from tqdm.auto import tqdm
 
@@ -222,6 +239,8 @@ def fit(
             "aux_loss": total_aux / max(1, seen),
             "lr": optimizer.param_groups[0]["lr"],
         }
+        if has_bn:  # BatchNorm statistics of exactly the weights being scored (SWA practice)
+            _recompute_bn(scored, train_volumes, cfg.eval_batch_size, device)
         if val_volumes is not None and val_ages is not None and len(val_ages):
             pred, _ = predict(scored, val_volumes, scaler, cfg.eval_batch_size, device, amp=cfg.amp)
             record["val_mae"] = float(np.abs(pred - np.asarray(val_ages)).mean())
