@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--wait-quiet", type=float, default=0.0, help="wait up to this long for load < 1")
     parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULT.name}")
+    parser.add_argument("--note", default="", help="free text stored in the result (e.g. how it was launched)")
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
     waited = _wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
@@ -125,6 +126,7 @@ def main() -> None:
         "unit": "seconds, median of forward+backward",
         "dense": f"Mlp({EMBED_DIM}, hidden_features={DENSE_HIDDEN}); MoE expert widths from equal_active_hidden",
         "waited_for_quiet_s": waited,
+        "note": args.note,
         "load_average_before": round(os.getloadavg()[0], 2),
     }
     mixtral_notes: dict[str, str] = {}
