@@ -18,9 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=HERE / "config.json")
     parser.add_argument("--out", type=Path, required=True, help="Folder for per-fold results and report.json")
     parser.add_argument("--methods", nargs="*", default=None, help="Only these methods (default: all)")
@@ -34,9 +32,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     config = load_pipeline_config(args.config)
-    report = run_cv_pipeline(
-        config, args.out, only_methods=args.methods, only_folds=args.folds, workers=args.workers
-    )
+    report = run_cv_pipeline(config, args.out, only_methods=args.methods, only_folds=args.folds, workers=args.workers)
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report["comparison"]))
 
