@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ermoe_ba.atomic import atomic_path, write_text_atomic
 from ermoe_ba.models.config import PreprocessConfig
 
 __all__ = [
@@ -57,25 +57,13 @@ def cache_key(digest: str, config: PreprocessConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_entry(cache_dir: str | Path, key: str, volume: np.ndarray | None, meta: dict[str, Any]) -> None:
     """Store one entry; the JSON goes last, so its presence means the volume is complete."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if volume is not None:
-        _atomic_write(cache_dir / f"{key}.npy", lambda h: np.save(h, np.asarray(volume, dtype=np.float32)))
-    payload = json.dumps(meta, sort_keys=True).encode()
-    _atomic_write(cache_dir / f"{key}.json", lambda h: h.write(payload))
+        atomic_path(cache_dir / f"{key}.npy", lambda tmp: np.save(tmp, np.asarray(volume, dtype=np.float32)))
+    write_text_atomic(json.dumps(meta, sort_keys=True), cache_dir / f"{key}.json")
 
 
 def load_entry(cache_dir: str | Path, key: str) -> tuple[np.ndarray | None, dict[str, Any]] | None:

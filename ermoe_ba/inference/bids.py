@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from ermoe_ba import __version__
+from ermoe_ba.atomic import write_json_atomic
 from ermoe_ba.inference.table import write_table_atomic
 
 __all__ = ["write_bids_derivatives"]
@@ -28,13 +26,6 @@ _SIDECAR = {
 }
 
 
-def _write_json(payload: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
-
-
 def write_bids_derivatives(table: pd.DataFrame, out_dir: str | Path, model_name: str) -> Path:
     """Write ``dataset_description.json`` and ``sub-*/[ses-*/]anat/*_brainage.tsv`` + JSON sidecars.
 
@@ -49,20 +40,18 @@ def write_bids_derivatives(table: pd.DataFrame, out_dir: str | Path, model_name:
     """
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json(
-        {
-            "Name": "ermoe-ba brain-age predictions",
-            "BIDSVersion": "1.9.0",
-            "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "ermoe-ba", "Version": __version__, "Description": f"model {model_name}"}],
-        },
-        root / "dataset_description.json",
-    )
+    description = {
+        "Name": "ermoe-ba brain-age predictions",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "ermoe-ba", "Version": __version__, "Description": f"model {model_name}"}],
+    }
+    write_json_atomic(root / "dataset_description.json", description)
     for _, row in table.iterrows():
         parts = str(row["subject_id"]).split("_")
         folder = root.joinpath(*parts[:2] if len(parts) > 1 and parts[1].startswith("ses-") else parts[:1], "anat")
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{row['subject_id']}_brainage"
         write_table_atomic(pd.DataFrame([row]), folder / f"{stem}.tsv")
-        _write_json(_SIDECAR, folder / f"{stem}.json")
+        write_json_atomic(folder / f"{stem}.json", _SIDECAR)
     return root

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from ermoe_ba.atomic import write_json_atomic
 
 __all__ = ["DEFAULT_MODEL", "bundled_models", "register_bundled_model", "resolve_checkpoint", "sha256_of"]
 
@@ -86,9 +86,5 @@ def register_bundled_model(
     manifest["models"][name] = {"file": checkpoint.name, "sha256": sha256_of(checkpoint), **details}
     if default:
         manifest["default"] = name
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=folder)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(manifest, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, manifest_path)
+    write_json_atomic(manifest_path, manifest, indent=2)
     return manifest

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ermoe_ba.atomic import atomic_path
 from ermoe_ba.data.conform import ConformResult
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.routing.trace import LayerTrace, RoutingTrace
@@ -32,7 +31,6 @@ def save_routing(
     native world, NaN when unknown) and ``meta`` (JSON: preprocess config, layer indices).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {}
     for layer in trace:
         key = f"layer{layer.layer_index}"
@@ -48,14 +46,7 @@ def save_routing(
         "source": None if result is None else str(result.path),
     }
     arrays["meta"] = np.asarray(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return atomic_path(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def load_routing(path: str | Path) -> tuple[RoutingTrace, np.ndarray | None, dict[str, Any]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from ermoe_ba.atomic import atomic_path
 
 __all__ = ["PREDICTION_COLUMNS", "PredictionTable", "merge_tables", "read_table", "write_table_atomic"]
 
@@ -31,15 +31,7 @@ def _separator(path: Path) -> str:
 def write_table_atomic(frame: pd.DataFrame, path: str | Path) -> None:
     """Write ``frame`` to CSV/TSV (by suffix) through a temporary file and ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, sep=_separator(path), index=False, float_format="%.4f")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_path(path, lambda tmp: frame.to_csv(tmp, sep=_separator(path), index=False, float_format="%.4f"))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import pandas as pd
 
+from ermoe_ba.atomic import atomic_path, write_text_atomic
+
 __all__ = ["atomic_path", "save_img", "write_bytes", "write_table", "write_text"]
-
-
-def atomic_path(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a hidden sibling of ``path`` that keeps its suffixes, then rename.
-
-    Readers never see a half-written file, and a crash leaves at most a hidden temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name ends like the target so nibabel picks the same format from it
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def save_img(img: nib.Nifti1Image, path: str | Path) -> Path:
@@ -38,7 +19,7 @@ def save_img(img: nib.Nifti1Image, path: str | Path) -> Path:
 
 def write_text(text: str, path: str | Path) -> Path:
     """Write UTF-8 text atomically."""
-    return atomic_path(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_text_atomic(text, path)
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from ermoe_ba.data import cache
 from ermoe_ba.models.config import PreprocessConfig
@@ -50,19 +49,6 @@ def test_round_trip_and_no_partial_files(tmp_path: Path) -> None:
     # A volume file without its JSON (a crash mid-write) is not an entry.
     (tmp_path / "k.json").unlink()
     assert cache.load_entry(tmp_path, "k") is None
-
-
-def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
-    class Boom(Exception):
-        pass
-
-    def explode(handle) -> None:
-        handle.write(b"half")
-        raise Boom
-
-    with pytest.raises(Boom):
-        cache._atomic_write(tmp_path / "x.json", explode)
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_default_cache_dir_honours_environment(monkeypatch, tmp_path: Path) -> None:

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ermoe_ba.atomic import atomic_path, write_json_atomic, write_text_atomic
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = write_text_atomic("old", tmp_path / "x.txt")
+
+    def explode(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_path(target, explode)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_temporary_name_keeps_the_suffix_for_format_by_suffix_writers(tmp_path: Path) -> None:
+    seen = []
+    out = atomic_path(tmp_path / "sub" / "v.npy", lambda tmp: (seen.append(tmp.name), np.save(tmp, np.arange(3))))
+    assert seen[0].endswith("v.npy") and seen[0].startswith(".tmp-")
+    assert np.load(out).tolist() == [0, 1, 2]
+
+
+def test_json_round_trip_with_nan(tmp_path: Path) -> None:
+    path = write_json_atomic(tmp_path / "r.json", {"mae": float("nan"), "n": 3})
+    data = json.loads(path.read_text())
+    assert data["n"] == 3 and np.isnan(data["mae"])
