@@ -33,6 +33,15 @@ def synthetic_cohort(n: int = 24, seed: int = 0, grid: PreprocessConfig = SMALL_
     return VolumeSet(volumes, ages, ids, grid, source="synthetic")
 
 
+@pytest.fixture(scope="package", autouse=True)
+def _one_thread():
+    """One torch thread: on a busy 2-core machine two threads thrash (a step ran 10-30x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def synthetic() -> VolumeSet:
     return synthetic_cohort()
