@@ -17,7 +17,7 @@ import numpy as np
 
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.config import TrainConfig
-from ermoe_ba.training.cv import cross_validate, summarize, write_json_atomic
+from ermoe_ba.training.cv import cross_validate, same_settings, summarize, write_json_atomic
 from ermoe_ba.training.methods import method_from_dict
 from ermoe_ba.training.splits import cv_splits
 
@@ -129,9 +129,10 @@ def run_cv_pipeline(
 
 
 def cross_validate_finished(methods: list, out_dir: Path, n_folds: int) -> dict[str, list[dict[str, Any]]]:
-    """Load every finished ``<method>/fold<k>.json`` without running anything."""
+    """Load every finished ``<method>/fold<k>.json`` made with the method's current settings."""
     out: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         files = [out_dir / method.name / f"fold{k}.json" for k in range(n_folds)]
-        out[method.name] = [json.loads(f.read_text()) for f in files if f.is_file()]
+        done = [json.loads(f.read_text()) for f in files if f.is_file()]
+        out[method.name] = [d for d in done if same_settings(d.get("settings"), method.describe())]
     return out

@@ -1,10 +1,10 @@
 """Resumable cross-validation of several brain-age methods on the same folds.
 
 Every (method, fold) result is written atomically to ``<out_dir>/<method>/fold<k>.json`` as
-soon as it finishes; a rerun loads the finished ones and only runs the rest, so a long
-comparison can be stopped and continued. The age-bias correction of each fold is fitted here,
-on the method's calibration scans only, with the test positions passed as ``held_out`` so
-that any leak raises.
+soon as it finishes, with the method's settings; a rerun loads the finished ones made with
+the same settings and only runs the rest, so a long comparison can be stopped and continued.
+The age-bias correction of each fold is fitted here, on the method's calibration scans only,
+with the test positions passed as ``held_out`` so that any leak raises.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ermoe_ba.training.methods import Method
 from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
 from ermoe_ba.training.splits import FoldSplit
 
-__all__ = ["cross_validate", "run_fold", "summarize", "write_json_atomic"]
+__all__ = ["cross_validate", "run_fold", "same_settings", "summarize", "write_json_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any
         "n_val": len(split.val),
         "n_test": len(split.test),
         "seconds": time.perf_counter() - start,
+        "settings": method.describe(),
         **out.info,
     }
 
@@ -105,8 +106,11 @@ def cross_validate(
         for method in methods:
             path = out_dir / method.name / f"fold{split.fold}.json"
             if resume and path.is_file():
-                results[method.name].append(json.loads(path.read_text()))
-                continue
+                done = json.loads(path.read_text())
+                if same_settings(done.get("settings"), method.describe()):
+                    results[method.name].append(done)
+                    continue
+                log.warning("%s was made with other settings; running it again", path)
             log.info("running %s fold %d", method.name, split.fold)
             result = run_fold(method, data, split)
             write_json_atomic(path, result)
@@ -121,6 +125,13 @@ def cross_validate(
                 result["seconds"],
             )
     return results
+
+
+def same_settings(stored: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """Whether a finished fold was made with the method's current settings (JSON round trip)."""
+    if stored is None:  # written before settings were recorded: accept, as before
+        return True
+    return stored == json.loads(json.dumps(current))
 
 
 def _load_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -85,3 +85,13 @@ def test_deep_and_classical_methods_report_fold_results_and_load(tmp_path, synth
     assert all(sum(v["tokens_per_expert"]) == expected_tokens for v in layers.values())
     assert deep["parameters"]["active"] < deep["parameters"]["total"]
     assert results["pca_ridge"][0]["best_alpha"] > 0
+
+
+def test_changed_settings_rerun_a_finished_fold(tmp_path, synthetic, folds):
+    method = BrainMeanMethod()
+    cross_validate([method], synthetic, folds[:1], tmp_path)
+    cross_validate([method], synthetic, folds[:1], tmp_path)
+    assert method.calls == [0]
+    method.describe = lambda: {"kind": "stub", "changed": True}
+    cross_validate([method], synthetic, folds[:1], tmp_path)
+    assert method.calls == [0, 0]
