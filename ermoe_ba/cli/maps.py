@@ -36,45 +36,30 @@ def run_maps(
 ) -> int:
     """Predict with routing capture, then write maps, tables and the report. Returns the exit code."""
     from ermoe_ba.inference.predictor import BrainAgePredictor
-    from ermoe_ba.inference.routing_io import load_routing
-    from ermoe_ba.inference.table import PredictionTable
-    from ermoe_ba.interpret import build_maps
+    from ermoe_ba.interpret.scans import map_scans
 
     predictor = BrainAgePredictor.from_pretrained(model, device=device)
-    records = predictor.discover(inputs, ages)
-    routing_dir = out / "routing"
-    table = PredictionTable(out / "predictions.csv")
-    for rows in predictor.iter_batches(
-        records, batch_size=batch_size, workers=workers, routing_dir=routing_dir, progress=not quiet
-    ):
-        table.add(rows)
-    frame = table.frame()
-    ok = frame[frame["status"] == "ok"]
-    if ok.empty:
-        typer.echo("error: no scan could be conformed; see predictions.csv for the reasons", err=True)
-        return 1
-    traces, native_maps = {}, {}
-    for sid, path in zip(ok["subject_id"], ok["path"], strict=True):
-        trace, transform, _ = load_routing(routing_dir / f"{sid}.npz")
-        traces[sid] = trace
-        if native and transform is not None:
-            native_maps[sid] = (transform, path)
-    known_ages = {r.subject_id: r.age for r in records if r.age is not None and r.subject_id in traces}
-    result = build_maps(
-        traces,
-        predictor.preprocess,
+    result, frame = map_scans(
+        predictor,
+        inputs,
         out,
+        ages=ages,
         atlas=atlas or None,
         layers=layer,
-        native=native_maps,
-        ages=known_ages or None,
-        title=f"ermoe-ba expert maps ({predictor.model_name}, {len(traces)} scans)",
+        native=native,
+        batch_size=batch_size,
+        workers=workers,
+        progress=not quiet,
     )
+    if result is None:
+        typer.echo("error: no scan could be conformed; see predictions.csv for the reasons", err=True)
+        return 1
     for sid, reason in result.errors.items():
         typer.echo(f"{sid}: {reason}", err=True)
+    mapped = len(frame) - int((frame["status"] != "ok").sum())
     if not quiet:
-        typer.echo(f"{len(traces)} of {len(frame)} scans mapped -> {result.report}", err=True)
-    return 0 if len(traces) == len(frame) and not result.errors else 1
+        typer.echo(f"{mapped} of {len(frame)} scans mapped -> {result.report}", err=True)
+    return 0 if mapped == len(frame) and not result.errors else 1
 
 
 @app.command()

@@ -1,0 +1,75 @@
+"""Expert maps straight from scan files: predict with routing capture, then :func:`build_maps`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ermoe_ba.inference.predictor import BrainAgePredictor
+from ermoe_ba.inference.routing_io import load_routing
+from ermoe_ba.inference.table import PredictionTable
+from ermoe_ba.interpret.build import MapsResult, build_maps
+
+__all__ = ["map_scans"]
+
+
+def map_scans(
+    predictor: BrainAgePredictor,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    ages: str | Path | None = None,
+    atlas: Any = None,
+    layers: str | int | Sequence[int] = "all",
+    native: bool = True,
+    batch_size: int = 4,
+    workers: int = 1,
+    progress: bool = True,
+    figures: bool = True,
+    on_batch: Callable[[list[dict]], None] | None = None,
+) -> tuple[MapsResult | None, pd.DataFrame]:
+    """Conform and predict ``inputs`` with routing capture, then write maps, tables and report.
+
+    Routing traces are kept in ``out_dir/routing/<subject_id>.npz`` and predictions in
+    ``out_dir/predictions.csv``. Returns the maps result (None when no scan was usable) and
+    the predictions table.
+
+    Examples
+    --------
+    >>> result, table = map_scans(BrainAgePredictor.from_pretrained(), ["scans/"], "maps")  # doctest: +SKIP
+    """
+    out = Path(out_dir)
+    records = predictor.discover(list(inputs), ages)
+    table = PredictionTable(out / "predictions.csv")
+    for rows in predictor.iter_batches(
+        records, batch_size=batch_size, workers=workers, routing_dir=out / "routing", progress=progress
+    ):
+        table.add(rows)
+        if on_batch is not None:
+            on_batch(rows)
+    frame = table.frame()
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return None, frame
+    traces, native_maps = {}, {}
+    for sid, path in zip(ok["subject_id"], ok["path"], strict=True):
+        trace, transform, _ = load_routing(out / "routing" / f"{sid}.npz")
+        traces[sid] = trace
+        if native and transform is not None:
+            native_maps[sid] = (transform, path)
+    known_ages = {r.subject_id: r.age for r in records if r.age is not None and r.subject_id in traces}
+    result = build_maps(
+        traces,
+        predictor.preprocess,
+        out,
+        atlas=atlas,
+        layers=layers,
+        native=native_maps,
+        ages=known_ages or None,
+        figures=figures,
+        title=f"ermoe-ba expert maps ({predictor.model_name}, {len(traces)} scans)",
+    )
+    return result, frame
