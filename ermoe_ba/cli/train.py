@@ -49,6 +49,8 @@ def train(
     patience: int = typer.Option(20, "--patience", min=0, help="Early-stopping patience in epochs (0: off)."),
     val_fraction: float = typer.Option(0.15, "--val-fraction", help="Subjects held out for early stopping."),
     augment: str = typer.Option("fast", "--augment", help="fast, monai or none."),
+    ema_decay: float = typer.Option(0.0, "--ema-decay", help="Weight EMA decay per step (0: off)."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel conforming processes."),
@@ -75,6 +77,7 @@ def train(
         config = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
             device=device, seed=seed, progress=progress, augment=AugmentConfig(kind=augment),
+            ema_decay=ema_decay, num_threads=threads,
         )  # fmt: skip
         _check_model(model, model_overrides)
     except ValueError as err:
