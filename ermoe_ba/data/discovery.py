@@ -160,8 +160,11 @@ def _from_bids(root: Path) -> list[ScanRecord]:
     return records
 
 
+_NOT_DICOM_SUFFIXES = (".csv", ".tsv", ".json", ".md", ".txt", ".html", ".png", ".jpg", ".pdf", ".py")
+
+
 def _search_folder(root: Path) -> list[ScanRecord]:
-    import SimpleITK as sitk
+    from ermoe_ba.data.io import is_dicom_dir
 
     records = []
     for folder, dirs, files in os.walk(root):
@@ -169,8 +172,12 @@ def _search_folder(root: Path) -> list[ScanRecord]:
         folder_path = Path(folder)
         images = sorted(f for f in files if _is_image(Path(f)))
         records += [ScanRecord(subject_id_from_path(f), folder_path / f, None, "file") for f in images]
-        others = [f for f in files if not _is_image(Path(f)) and not f.startswith(".")]
-        if others and sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder_path)):
+        others = [
+            f
+            for f in files
+            if not _is_image(Path(f)) and not f.startswith(".") and not f.lower().endswith(_NOT_DICOM_SUFFIXES)
+        ]
+        if others and is_dicom_dir(folder_path):
             records.append(ScanRecord(folder_path.name, folder_path, None, "dicom"))
     return records
 

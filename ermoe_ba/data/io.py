@@ -63,7 +63,13 @@ def is_dicom_dir(path: str | Path) -> bool:
         return False
     import SimpleITK as sitk
 
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    # ITK prints "No Series were found" for every ordinary folder it probes; that is no news.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
