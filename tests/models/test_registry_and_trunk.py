@@ -18,7 +18,7 @@ def _example_input(model: MoETransformer, batch: int = 1) -> torch.Tensor:
 def test_every_registered_model_runs_forward_and_backward(name):
     torch.manual_seed(0)
     model = create_model(name)
-    out = model(_example_input(model))
+    out = model(_example_input(model, batch=2))  # BatchNorm stems need 2 samples in training mode
     loss = out.output.float().pow(2).mean() + out.aux_loss
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
