@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ermoe_ba.atomic import write_json_atomic
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.config import TrainConfig
-from ermoe_ba.training.cv import cross_validate, same_settings, summarize, write_json_atomic
+from ermoe_ba.training.cv import cross_validate, same_settings, summarize
 from ermoe_ba.training.methods import method_from_dict
 from ermoe_ba.training.splits import cv_splits
 

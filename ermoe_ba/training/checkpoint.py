@@ -12,14 +12,13 @@ a description of the training data (ids, count, licence) and the package version
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ermoe_ba.atomic import atomic_path
 from ermoe_ba.models.config import ModelConfig, PreprocessConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "build_meta", "load_checkpoint", "read_meta", "save_checkpoint"]
@@ -59,11 +58,6 @@ def build_meta(
     }
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``model``'s state dict and ``meta`` (see :func:`build_meta`) atomically.
 
@@ -74,18 +68,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     path = Path(path)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta_json = json.dumps(meta, sort_keys=True)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         if path.suffix == ".safetensors":
-            save_file(state, tmp, metadata={_META_KEY: meta_json})
+            save_file(state, str(tmp), metadata={_META_KEY: meta_json})
         else:
             torch.save({"meta_json": meta_json, "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return atomic_path(path, write)
 
 
 def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

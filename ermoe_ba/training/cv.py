@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,30 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from ermoe_ba.atomic import write_json_atomic
 from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.methods import Method
 from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
 from ermoe_ba.training.splits import FoldSplit
 
-__all__ = ["cross_validate", "run_fold", "same_settings", "summarize", "write_json_atomic"]
+__all__ = ["cross_validate", "run_fold", "same_settings", "summarize"]
 
 log = logging.getLogger(__name__)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any]:
