@@ -12,14 +12,12 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from _report import emit
 
 DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart" / "ages.csv"
 
@@ -88,17 +86,7 @@ def main() -> None:
         model = model or label
         folder = (args.out or Path(tempfile.mkdtemp(prefix="ermoe-nmi-"))) / label
         results[label] = measure(model, args.atlas, args.workers, folder)
-    line = json.dumps(
-        {
-            "bench": "expert_nmi",
-            "models": results,
-            "command": "python " + " ".join(shlex.quote(a) for a in ["bench/expert_nmi.py", *sys.argv[1:]]),
-        }
-    )
-    print(line)
-    if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(line + "\n")
+    emit({"bench": "expert_nmi", "models": results}, args.save)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ import argparse
 import json
 import os
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import emit
 
 IXI = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart" / "t1"
 
@@ -82,14 +83,9 @@ def main() -> None:
         "scans_per_minute_largest": runs[-1]["scans_per_minute"],
         "peak_mb_growth": round(runs[-1]["peak_mb_main"] - runs[0]["peak_mb_main"], 1),
         "target": ">= 20 scans per minute on 2 cores; memory flat in the number of scans",
-        "command": "python " + " ".join(shlex.quote(a) for a in ["bench/predict.py", *sys.argv[1:]]),
         "cpu_count": os.cpu_count(),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(line + "\n")
+    emit(result, args.save)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ No cache is used, so every scan is registered.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 IXI = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart" / "t1"
 STAGES = ("load", "bias_correction", "registration", "rest")
@@ -122,12 +121,7 @@ def main() -> None:
     parser.add_argument("--dev-qc", type=Path, help="conform all scans into the default cache; QC TSV here")
     args = parser.parse_args()
     out = dev_qc(args.dev_qc, args.workers) if args.dev_qc else bench(args.n, args.workers)
-    out["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    line = json.dumps(out)
-    print(line)
-    if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(line + "\n")
+    emit(out, args.save)
 
 
 if __name__ == "__main__":
