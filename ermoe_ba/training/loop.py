@@ -135,7 +135,8 @@ def _recompute_bn(model: nn.Module, volumes: torch.Tensor, batch_size: int, devi
     """
     from torch.optim.swa_utils import update_bn
 
-    batches = (volumes[i : i + batch_size].float() for i in range(0, volumes.shape[0], batch_size))
+    chunks = max(1, math.ceil(volumes.shape[0] / batch_size))  # near-equal sizes: never a batch of one
+    batches = (chunk.float() for chunk in torch.tensor_split(volumes, chunks))
     was_training = model.training
     update_bn(batches, model, device=device)
     model.train(was_training)
@@ -188,6 +189,8 @@ def fit(
         )
     n_local = train_volumes.shape[0] // world_size()
     steps_per_epoch = max(1, math.ceil(n_local / cfg.batch_size))
+    if n_local % cfg.batch_size == 1 and steps_per_epoch > 1:
+        steps_per_epoch -= 1  # a batch of one scan breaks BatchNorm; that scan comes back next epoch
     total = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     warmup = min(total // 2, steps_per_epoch * cfg.warmup_epochs)

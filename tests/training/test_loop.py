@@ -138,3 +138,17 @@ def test_eigen_bases_stay_orthonormal_through_training(synthetic):
     for b in bases:
         gram = b.detach().mT @ b.detach()
         torch.testing.assert_close(gram, torch.eye(gram.shape[-1]).expand_as(gram), atol=1e-4, rtol=0)
+
+
+def test_batchnorm_model_trains_when_one_scan_would_be_left_over():
+    """9 scans in batches of 4 would leave a batch of one, which BatchNorm cannot train on."""
+    torch.manual_seed(0)
+    pre = PreprocessConfig(voxel_size=4.0, grid_shape=(64, 64, 64))
+    model = create_model("sfcn_tiny", preprocess=pre)
+    volumes = torch.randn(9, 1, 64, 64, 64)
+    ages = np.linspace(20, 80, 9)
+    cfg = TrainConfig(
+        epochs=2, batch_size=4, warmup_epochs=0, patience=0, device="cpu", progress=False, eval_batch_size=8
+    )
+    result = fit(model, volumes, ages, volumes, ages, cfg)
+    assert len(result.history) == 2
