@@ -77,32 +77,18 @@ class PredictionTable:
         if self.path is not None:
             write_table_atomic(self.frame(), self.path)
 
-    def frame(self, order: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
-        """The table as a DataFrame, optionally in the given ``(subject_id, path)`` order."""
+    def frame(self) -> pd.DataFrame:
+        """The rows so far as a DataFrame with the table's columns."""
         frame = pd.DataFrame(self.rows, columns=list(PREDICTION_COLUMNS))
         frame["error"] = frame["error"].fillna("")
-        if order is not None:
-            rank = {key: i for i, key in enumerate(order)}
-            keys = list(zip(frame["subject_id"].astype(str), frame["path"].astype(str), strict=True))
-            frame = frame.iloc[sorted(range(len(frame)), key=lambda i: rank.get(keys[i], len(rank)))]
-            frame = frame.reset_index(drop=True)
         return frame
 
 
-def merge_tables(
-    parts: Sequence[str | Path], out: str | Path, order: Sequence[tuple[str, str]] | None = None
-) -> pd.DataFrame:
-    """Join part tables (from ``--num-parts`` runs or torchrun ranks) and write ``out``.
-
-    Rows come in ``order`` (``(subject_id, path)`` pairs, e.g. discovery order) when given,
-    else sorted by subject id and path.
-    """
-    table = PredictionTable(None)
-    for part in parts:
-        table.add(read_table(part).to_dict("records"))
-    merged = table.frame(order).drop_duplicates(["subject_id", "path"], keep="last")
-    if order is None:
-        merged = merged.sort_values(["subject_id", "path"], kind="stable")
-    merged = merged.reset_index(drop=True)
+def merge_tables(parts: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
+    """Join part tables (from ``--num-parts`` runs or torchrun ranks), sort by subject id and path,
+    and write ``out``; a scan present in several parts keeps its last row."""
+    frames = [read_table(part) for part in parts]
+    merged = pd.concat(frames, ignore_index=True).drop_duplicates(["subject_id", "path"], keep="last")
+    merged = merged.sort_values(["subject_id", "path"], kind="stable").reset_index(drop=True)
     write_table_atomic(merged, out)
     return merged
