@@ -29,6 +29,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from ermoe_ba.training.distributed import cleanup_distributed, init_distributed, world_size
     from ermoe_ba.training.loop import fit
 
+    # A file rendezvous: a TCP port picked in the parent can be taken before the workers bind it.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
     assert init_distributed("gloo") and world_size() == world
     grid = PreprocessConfig(grid_shape=(16, 16, 16), grid_origin=(-16.0, -16.0, -16.0))
     torch.manual_seed(0)  # same initial weights on every rank
