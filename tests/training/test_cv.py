@@ -95,3 +95,25 @@ def test_changed_settings_rerun_a_finished_fold(tmp_path, synthetic, folds):
     method.describe = lambda: {"kind": "stub", "changed": True}
     cross_validate([method], synthetic, folds[:1], tmp_path)
     assert method.calls == [0, 0]
+
+
+def test_seed_ensemble_averages_its_members(tmp_path, synthetic, folds):
+    recipe = TrainConfig(epochs=2, batch_size=8, progress=False, num_threads=1, augment=AugmentConfig(kind="none"))
+    tiny = {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "depth": 2}
+    split = folds[0]
+    ensemble = DeepMethod("ens", "ermoe_ba_tiny", tiny, recipe, seeds=2).fit_predict(synthetic, split)
+    members = []
+    for offset in (0, 1000):
+        shifted = TrainConfig.from_dict({**recipe.to_dict(), "seed": recipe.seed + offset})
+        members.append(DeepMethod("one", "ermoe_ba_tiny", tiny, shifted).fit_predict(synthetic, split))
+    assert not np.allclose(members[0].test_pred, members[1].test_pred)  # the members differ
+    np.testing.assert_allclose(ensemble.test_pred, (members[0].test_pred + members[1].test_pred) / 2, atol=1e-4)
+    np.testing.assert_allclose(
+        ensemble.calibration_pred, (members[0].calibration_pred + members[1].calibration_pred) / 2, atol=1e-4
+    )
+    assert [m["seed"] for m in ensemble.info["members"]] == [split.fold, split.fold + 1000]
+    for layer, load in ensemble.info["load"].items():
+        expected = (np.array(members[0].info["load"][layer]["cv"]) + members[1].info["load"][layer]["cv"]) / 2
+        assert load["cv"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="seeds=0"):
+        DeepMethod("bad", "ermoe_ba_tiny", tiny, recipe, seeds=0)
