@@ -32,6 +32,7 @@ from ermoe_ba.layers.outputs import MoEOutput, RoutingInfo
 from ermoe_ba.layers.patch_embed import PatchEmbed
 from ermoe_ba.layers.routers import (
     EIGEN_GATES,
+    EIGEN_SCORES,
     EigenbasisRouter,
     RouterOutput,
     SoftmaxTopKRouter,
@@ -42,6 +43,7 @@ from ermoe_ba.layers.sizing import active_parameter_count, equal_active_hidden
 
 __all__ = [
     "EIGEN_GATES",
+    "EIGEN_SCORES",
     "ORTHOGONALIZATIONS",
     "ROUTERS",
     "Attention",

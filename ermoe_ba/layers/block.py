@@ -54,6 +54,9 @@ class BlockOutput(NamedTuple):
 class Block(nn.Module):
     """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, each branch with stochastic depth.
 
+    An MoE feed-forward layer with ``score="context"`` also receives ``attn(norm1(x))`` (the
+    attention-weighted context of each token, before stochastic depth) as ``context``.
+
     ``mlp_layer`` is called as ``mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio),
     act_layer=act_layer, drop=proj_drop)``; pass ``functools.partial(MoELayer, num_experts=...)``
     for a mixture-of-experts block.
@@ -107,9 +110,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, capture_routing: bool = False) -> BlockOutput:
         """Apply the block to ``x`` ``(b, n, d)``."""
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        context = self.attn(self.norm1(x))
+        x = x + self.drop_path1(context)
         if self.is_moe:
-            y, aux, routing = self.mlp(self.norm2(x), capture_routing=capture_routing)
+            # an MoE with score="context" routes on its tokens' attention output
+            context = context if self.mlp.needs_context else None
+            y, aux, routing = self.mlp(self.norm2(x), capture_routing=capture_routing, context=context)
         else:
             y, aux, routing = self.mlp(self.norm2(x)), x.new_zeros(()), None
         return BlockOutput(x + self.drop_path2(y), aux, routing)

@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 from ermoe_ba.layers._checks import check_choice, check_positive_int, check_probability
-from ermoe_ba.layers.dispatch import capacity_keep_mask, get_dispatch
+from ermoe_ba.layers._projection import routed_projection
+from ermoe_ba.layers.dispatch import capacity_keep_mask, eager_dispatch, get_dispatch
 from ermoe_ba.layers.eigen_experts import EigenExperts
-from ermoe_ba.layers.experts import DenseExperts
+from ermoe_ba.layers.experts import DenseExperts, ExpertWeights
 from ermoe_ba.layers.outputs import MoEOutput, RoutingInfo
-from ermoe_ba.layers.routers import EigenbasisRouter, SoftmaxTopKRouter, token_norms
+from ermoe_ba.layers.routers import EIGEN_SCORES, EigenbasisRouter, RouterOutput, SoftmaxTopKRouter, token_norms
 
 __all__ = ["ROUTERS", "MoELayer"]
 
@@ -20,10 +21,14 @@ ROUTERS = ("ermoe", "softmax")
 class MoELayer(nn.Module):
     """Sparse mixture-of-experts replacement for a transformer block's MLP.
 
-    ``router="ermoe"``: eigen-form experts routed by the eigenbasis score ``||V_eᵀ x|| / ||x||``;
-    the projection ``V_eᵀ x`` is computed once (one matmul for all experts) and feeds both the
-    router and the experts' first layer. ``router="softmax"``: dense experts behind a learned
-    softmax top-k router (Mixtral style) with optional Switch balance loss and z-loss.
+    ``router="ermoe"``: eigen-form experts routed by the eigenbasis score ``||V_eᵀ x|| / ||x||``
+    (or, with ``score="context"``, the cosine of ``V_eᵀ x`` and ``V_eᵀ c`` for the token's
+    attention context ``c``); the projection ``V_eᵀ x`` is computed once (one matmul for all
+    experts) and feeds both the router and the experts' first layer. With a fast dispatch backend
+    the projection's backward only visits the routed ``(token, expert)`` blocks
+    (:mod:`ermoe_ba.layers._projection`); ``dispatch="eager"`` keeps plain autograd throughout as
+    the reference. ``router="softmax"``: dense experts behind a learned softmax top-k router
+    (Mixtral style) with optional Switch balance loss and z-loss.
 
     Axis letters: ``n`` flattened tokens, ``k`` experts per token, ``e`` experts.
 
@@ -58,6 +63,9 @@ class MoELayer(nn.Module):
         Weight of the soft penalty ``Σ ||BᵀB - I||²_F`` on the raw ERMoE bases (default 0).
     gate, temperature
         ERMoE gate normalisation (``"normalize"`` or ``"softmax"``) and softmax temperature.
+    score
+        ERMoE score: ``"subspace"`` (default) or ``"context"`` (needs ``context=`` in
+        :meth:`forward`; see :class:`~ermoe_ba.layers.routers.EigenbasisRouter`).
     orthogonalization
         ``"qr"`` or ``"parametrization"`` (see :mod:`ermoe_ba.layers.eigen_experts`).
     drop
@@ -91,6 +99,7 @@ class MoELayer(nn.Module):
         gate: str = "normalize",
         temperature: float = 1.0,
         orthogonalization: str = "qr",
+        score: str = "subspace",
         drop: float = 0.0,
         in_features: int | None = None,
     ) -> None:
@@ -104,6 +113,7 @@ class MoELayer(nn.Module):
         self.num_experts = check_positive_int("num_experts", num_experts)
         self.top_k = check_positive_int("top_k", top_k)
         self.router_type = check_choice("router", router, ROUTERS)
+        check_choice("score", score, EIGEN_SCORES)
         self.dispatch_name = dispatch
         self.dispatch_fn = get_dispatch(dispatch)
         if capacity_factor is not None and capacity_factor <= 0:
@@ -114,7 +124,7 @@ class MoELayer(nn.Module):
         self.orthogonality_weight = float(orthogonality_weight)
         self.experts: EigenExperts | DenseExperts
         if self.router_type == "ermoe":
-            self.router = EigenbasisRouter(num_experts, top_k, route_threshold, gate, temperature)
+            self.router = EigenbasisRouter(num_experts, top_k, route_threshold, gate, temperature, score)
             self.experts = EigenExperts(
                 num_experts,
                 self.dim,
@@ -129,11 +139,19 @@ class MoELayer(nn.Module):
             self.experts = DenseExperts(num_experts, self.dim, self.hidden_features, act_layer)
         self.drop = nn.Dropout(check_probability("drop", drop))
 
-    def forward(self, x: torch.Tensor, capture_routing: bool = False) -> MoEOutput:
+    @property
+    def needs_context(self) -> bool:
+        """True if :meth:`forward` needs ``context`` (ERMoE with ``score="context"``)."""
+        return isinstance(self.router, EigenbasisRouter) and self.router.score == "context"
+
+    def forward(
+        self, x: torch.Tensor, capture_routing: bool = False, context: torch.Tensor | None = None
+    ) -> MoEOutput:
         """Apply the layer to the last axis of ``x`` ``(..., d)``.
 
-        Returns a :class:`MoEOutput`; ``routing`` (detached, on flattened tokens) only when
-        ``capture_routing`` is True.
+        ``context`` (same shape as ``x``) is the tokens' attention context, read only by
+        ``score="context"``. Returns a :class:`MoEOutput`; ``routing`` (detached, on flattened
+        tokens) only when ``capture_routing`` is True.
         """
         if x.shape[-1] != self.dim:
             raise ValueError(
@@ -141,12 +159,8 @@ class MoELayer(nn.Module):
             )
         tokens = x.reshape(-1, self.dim)
         if isinstance(self.experts, EigenExperts):
-            v, u = self.experts.bases()
-            inputs = self.experts.project(tokens, v)  # (n, e, r), shared by router and experts
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.router.needs_token_norm_gradient):
-                norm = token_norms(tokens)  # the default gates do not depend on it: skip its backward
-            routed = self.router(inputs, norm)
-            weights = self.experts.expert_weights(u)
+            assert isinstance(self.router, EigenbasisRouter)
+            inputs, routed, weights = self._route_eigen(tokens, context)
         else:
             routed = self.router(tokens)
             inputs = tokens.unsqueeze(1)
@@ -165,6 +179,39 @@ class MoELayer(nn.Module):
                 routed.top_k_index.detach(), routed.top_k_weight.detach(), routed.scores.detach(), dropped
             )
         return MoEOutput(self.drop(out).reshape(x.shape), aux, routing)
+
+    def _route_eigen(
+        self, tokens: torch.Tensor, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor, RouterOutput, ExpertWeights]:
+        experts, router = self.experts, self.router
+        assert isinstance(experts, EigenExperts) and isinstance(router, EigenbasisRouter)
+        v, u = experts.bases()
+        context_projection = None
+        if router.score == "context":
+            if context is None or context.shape[-1] != self.dim or context.numel() != tokens.numel():
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(
+                    f"MoELayer(score='context') needs context= of the input's shape (n tokens x {self.dim}), "
+                    f"got {got}; Block passes its attention output, or use score='subspace'."
+                )
+            context_projection = experts.project(context.reshape(-1, self.dim), v)  # (n, e, r)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and router.needs_token_norm_gradient):
+            norm = token_norms(tokens)  # the default gates do not depend on it: skip its backward
+        if self.dispatch_fn is eager_dispatch or not torch.is_grad_enabled():
+            inputs = experts.project(tokens, v)  # (n, e, r), shared by router and experts
+            return inputs, router(inputs, norm, context_projection), experts.expert_weights(u)
+        # fast path: score all experts without autograd, then differentiate only the routed blocks
+        with torch.no_grad():
+            projection = experts.project(tokens, v)
+            ctx = None if context_projection is None else context_projection.detach()
+            scores, ranking = router.scores(projection, norm, ctx)
+            top_k_index = router.select(scores, ranking)
+        inputs = routed_projection(tokens, v, projection, top_k_index)
+        index = top_k_index.unsqueeze(-1).expand(-1, -1, experts.expert_rank)
+        selected_ctx = None if context_projection is None else context_projection.gather(1, index)
+        sel_scores, sel_ranking = router.scores(inputs.gather(1, index), norm, selected_ctx)
+        weight = router.gate_weights(sel_scores, sel_ranking)
+        return inputs, RouterOutput(scores, top_k_index, weight, scores.new_zeros(())), experts.expert_weights(u)
 
     def active_parameter_count(self) -> int:
         """Parameters one token touches: the router, all bases (ERMoE scores need them) and ``k`` experts."""

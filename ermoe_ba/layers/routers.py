@@ -18,6 +18,7 @@ from ermoe_ba.layers.losses import router_z_loss, switch_balance_loss
 
 __all__ = [
     "EIGEN_GATES",
+    "EIGEN_SCORES",
     "EigenbasisRouter",
     "RouterOutput",
     "SoftmaxTopKRouter",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 EIGEN_GATES = ("normalize", "softmax")
+EIGEN_SCORES = ("subspace", "context")
 _EPS = 1e-12  # float32 norms below this count as a zero token
 
 
@@ -90,6 +92,11 @@ class EigenbasisRouter(nn.Module):
         ``"softmax"``: softmax of the selected scores divided by ``temperature``.
     temperature
         Softmax temperature (``gate="softmax"`` only).
+    score
+        ``"subspace"`` (default): ``a_e = ||V_eᵀ x|| / ||x||``. ``"context"``: the cosine between
+        ``V_eᵀ x`` and ``V_eᵀ c`` for the token's attention context ``c``, clipped to [0, 1]
+        (0 when either projection is zero); experts are ranked by the unclipped cosine, so a
+        token whose cosines are all negative still gets its ``k`` least opposed experts.
 
     Examples
     --------
@@ -106,6 +113,7 @@ class EigenbasisRouter(nn.Module):
         route_threshold: float | None = None,
         gate: str = "normalize",
         temperature: float = 1.0,
+        score: str = "subspace",
     ) -> None:
         super().__init__()
         self.num_experts = check_positive_int("num_experts", num_experts)
@@ -119,40 +127,71 @@ class EigenbasisRouter(nn.Module):
         self.route_threshold = route_threshold
         self.gate = check_choice("gate", gate, EIGEN_GATES)
         self.temperature = float(temperature)
+        self.score = check_choice("score", score, EIGEN_SCORES)
 
     @property
     def needs_token_norm_gradient(self) -> bool:
-        """Whether the gates depend on ``||x||`` (only the softmax gate does, see :meth:`forward`)."""
-        return self.gate == "softmax"
+        """Whether the gates depend on ``||x||`` (only the softmax gate of the subspace score)."""
+        return self.gate == "softmax" and self.score == "subspace"
 
-    def forward(self, projection: torch.Tensor, token_norm: torch.Tensor) -> RouterOutput:
-        """Route from ``projection`` ``(n, e, r)`` and ``token_norm`` ``(n,)``.
+    def _check_context(self, context_projection: torch.Tensor | None, projection: torch.Tensor) -> None:
+        if self.score == "context" and (context_projection is None or context_projection.shape != projection.shape):
+            got = None if context_projection is None else tuple(context_projection.shape)
+            raise ValueError(
+                f"score='context' needs context_projection V_e^T c of shape {tuple(projection.shape)}, got {got}; "
+                "pass the block's attention output as context (Block does this)."
+            )
+
+    def scores(
+        self, projection: torch.Tensor, token_norm: torch.Tensor, context_projection: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``(..., e)`` in [0, 1] and the ranking key the top-k reads (same leading shape).
+
+        Works on all experts ``(n, e, r)`` or on selected ones ``(n, k, r)`` alike.
+        """
+        self._check_context(context_projection, projection)
+        if self.score == "context":
+            assert context_projection is not None
+            dot = (_at_least_float32(projection) * _at_least_float32(context_projection)).sum(-1)
+            cosine = dot / (token_norms(projection) * token_norms(context_projection)).clamp_min(_EPS)
+            return cosine.clamp(0.0, 1.0), cosine
+        norms = token_norms(projection)  # ||V_e^T x||
+        return (norms / _at_least_float32(token_norm).clamp_min(_EPS).unsqueeze(-1)).clamp(0.0, 1.0), norms
+
+    def select(self, scores: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        """``top_k_index`` ``(n, k)``, best first, from :meth:`scores` (no gradient)."""
+        if self.route_threshold is not None:
+            # scores lie in [0, 1] and rankings in [-1, inf): -3 puts ineligible experts after eligible ones
+            ranking = torch.where(scores >= self.route_threshold, ranking, ranking - 3.0)
+        return ranking.detach().topk(self.top_k, dim=-1).indices
+
+    def gate_weights(self, scores: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        """Gates ``(n, k)`` from the selected experts' :meth:`scores` and ranking keys."""
+        if self.gate == "softmax":
+            return torch.softmax(scores / self.temperature, dim=-1)
+        # subspace: ||V_e^T x|| / sum (independent of ||x||); context: the clipped cosines
+        selected = ranking if self.score == "subspace" else scores
+        total = selected.sum(-1, keepdim=True)
+        return torch.where(total > 0, selected / total.clamp_min(_EPS), torch.full_like(selected, 1.0 / self.top_k))
+
+    def forward(
+        self, projection: torch.Tensor, token_norm: torch.Tensor, context_projection: torch.Tensor | None = None
+    ) -> RouterOutput:
+        """Route from ``projection`` ``(n, e, r)``, ``token_norm`` ``(n,)`` (and ``V_eᵀ c`` for ``"context"``).
 
         ``||x||`` is the same for all experts of a token, so neither the ranking nor the
         ``"normalize"`` gates ``||V_eᵀx|| / Σ_sel ||V_eᵀx||`` depend on it; callers that only need
         those gradients may pass a ``token_norm`` computed without autograd.
         """
-        norms = token_norms(projection)  # (n, e) = ||V_e^T x||
-        scores = (norms / _at_least_float32(token_norm).clamp_min(_EPS).unsqueeze(-1)).clamp(0.0, 1.0)
-        ranking = norms
-        if self.route_threshold is not None:
-            # scores lie in [0, 1]: shifting ineligible ones by -2 ranks them after every eligible one
-            ranking = torch.where(scores >= self.route_threshold, scores, scores - 2.0)
-        top_k_index = ranking.detach().topk(self.top_k, dim=-1).indices
-        if self.gate == "softmax":
-            weight = torch.softmax(scores.gather(1, top_k_index) / self.temperature, dim=-1)
-        else:
-            selected = norms.gather(1, top_k_index)  # (n, k)
-            total = selected.sum(-1, keepdim=True)
-            weight = torch.where(
-                total > 0, selected / total.clamp_min(_EPS), torch.full_like(selected, 1.0 / self.top_k)
-            )
+        scores, ranking = self.scores(projection, token_norm, context_projection)
+        top_k_index = self.select(scores, ranking)
+        weight = self.gate_weights(scores.gather(1, top_k_index), ranking.gather(1, top_k_index))
         return RouterOutput(scores, top_k_index, weight, scores.new_zeros(()))
 
     def extra_repr(self) -> str:
         return (
             f"num_experts={self.num_experts}, top_k={self.top_k}, route_threshold={self.route_threshold}, "
-            f"gate={self.gate!r}, temperature={self.temperature}"
+            f"gate={self.gate!r}, temperature={self.temperature}, score={self.score!r}"
         )
 
 

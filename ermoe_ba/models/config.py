@@ -69,6 +69,10 @@ class ModelConfig:
     num_outputs
         Size of the head: 1 for regression, the number of classes for classification, 0 for
         no head (``pre_logits``).
+    score
+        ERMoE routing score: ``"subspace"`` (``||V_eᵀx|| / ||x||``, the default) or ``"context"``
+        (cosine of ``V_eᵀx`` and ``V_eᵀc``, ``c`` the token's attention output in its block).
+        Ignored by the other routers.
     """
 
     input_type: str = "image"
@@ -100,9 +104,11 @@ class ModelConfig:
     num_outputs: int = 1
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    score: str = "subspace"
 
     def __post_init__(self) -> None:
         check_choice("input_type", self.input_type, ("image", "tokens"))
+        check_choice("score", self.score, ("subspace", "context"))
         check_choice("router", self.router, ROUTERS)
         check_choice("pool", self.pool, ("mean", "cls"))
         check_choice("stem", self.stem, ("linear", "conv"))

@@ -62,6 +62,7 @@ def moe_layer_factory(config: ModelConfig):
             route_threshold=config.route_threshold,
             dispatch=config.dispatch,
             act_layer=act_layer,
+            score=config.score,
             drop=drop,
         )
 
