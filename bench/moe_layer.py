@@ -10,6 +10,14 @@ for a descheduled thread), the E=8 fast paths are also timed as single-thread CP
 script can wait for a quiet machine first. Prints one JSON line and writes it to
 bench/results/moe_layer.json.
 
+What one ERMoE step times: forward + backward + ``experts.orthonormalize_()``, the retraction
+the training loop runs after every optimiser step. Its bases are then orthonormal, so the
+forward skips the QR factorisation (the backward still applies QR's exact derivative, see
+``ermoe_ba.layers.eigen_experts``); the per-step QR cost is paid in ``orthonormalize_`` as in
+training. Dense and softmax steps are forward + backward (they have nothing to retract).
+``orthogonalization_ms_fwd_bwd`` times ``bases()`` forward + backward on raw bases moved off the
+manifold (the full QR path).
+
     python bench/moe_layer.py [--quick] [--repeats N] [--wait-quiet SECONDS] [--no-save]
 """
 
@@ -35,12 +43,17 @@ RESULT = Path(__file__).resolve().parent / "results" / "moe_layer.json"
 
 
 def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    experts = getattr(module, "experts", None)
+    retract = experts.orthonormalize_ if isinstance(experts, EigenExperts) else None
+
     def run() -> None:
         for p in module.parameters():
             p.grad = None
         out = module(x)
         out = out[0] if isinstance(out, tuple) else out
         out.backward(grad)
+        if retract is not None:  # what training pays per step (ermoe_ba.training.loop)
+            retract()
 
     return run
 
@@ -88,6 +101,9 @@ def _orthogonalization_ms(num_experts: int, hidden: int, repeats: int) -> dict[s
     banks = {
         mode: EigenExperts(num_experts, EMBED_DIM, hidden, orthogonalization=mode) for mode in ("qr", "parametrization")
     }
+    with torch.no_grad():  # off the manifold, as after an optimiser step: the full QR path
+        banks["qr"].V.add_(1e-3 * torch.randn_like(banks["qr"].V))
+        banks["qr"].U.add_(1e-3 * torch.randn_like(banks["qr"].U))
     medians = _time_cases({mode: run(bank) for mode, bank in banks.items()}, repeats)
     return {mode: round(seconds * 1e3, 3) for mode, seconds in medians.items()}
 
@@ -123,7 +139,7 @@ def main() -> None:
         "embed_dim": EMBED_DIM,
         "top_k": TOP_K,
         "repeats": repeats,
-        "unit": "seconds, median of forward+backward",
+        "unit": "seconds, median of forward+backward (ERMoE: forward+backward+orthonormalize_)",
         "dense": f"Mlp({EMBED_DIM}, hidden_features={DENSE_HIDDEN}); MoE expert widths from equal_active_hidden",
         "waited_for_quiet_s": waited,
         "note": args.note,
