@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ermoe_ba.inference.pretrained import bundled_models, register_bundled_model
+from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.checkpoint import read_meta
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.data import load_cohort
@@ -50,7 +51,8 @@ def main() -> None:
         previous = bundled_models()["models"].get(args.name, {})
         seconds, val_metrics = previous.get("train_seconds"), meta.get("validation_metrics", {})
     else:
-        data = load_cohort(DEV_SET, workers=args.workers, progress=False)
+        preprocess = PreprocessConfig.from_dict(cv_config.get("preprocess", {}))
+        data = load_cohort(DEV_SET, preprocess=preprocess, workers=args.workers, progress=False)
         start = time.perf_counter()
         result = train_brain_age(data, checkpoint, method["model_name"], method.get("model_overrides"), train)
         seconds, meta, val_metrics = round(time.perf_counter() - start, 1), result.meta, result.val_metrics

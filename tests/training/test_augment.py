@@ -49,7 +49,19 @@ def test_gamma_keeps_the_intensity_range_and_order():
 
 def test_monai_backend_runs_with_the_same_settings():
     x = _blob(2)
-    y = BatchAugment(AugmentConfig(kind="monai"), seed=0)(x)
+    y = BatchAugment(AugmentConfig(kind="monai", bias_prob=1, gamma_prob=1, noise_prob=1), seed=0)(x)
     assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(x, y)
     with pytest.raises(ValueError, match="fast"):
         AugmentConfig(kind="fsat")
+
+
+def test_default_augmentation_is_a_pure_whole_voxel_shift():
+    x = _blob(4)
+    y = BatchAugment(AugmentConfig(), seed=3)(x)
+    offsets = [(i, j, k) for i in range(-2, 3) for j in range(-2, 3) for k in range(-2, 3)]
+    for sample in range(4):
+        matches = [
+            o for o in offsets if torch.equal(y[sample : sample + 1], _shift(x[sample : sample + 1], torch.tensor([o])))
+        ]
+        assert matches, f"sample {sample} is not an exact shift of its input (intensities changed)"
+    assert not torch.equal(y, x)
