@@ -66,6 +66,10 @@ class ModelConfig:
     stem
         ``"linear"``: one strided convolution per patch (ViT); ``"conv"``: ``log2(patch_size)``
         stride-2 convolutions (hybrid stem, far fewer parameters, same token grid).
+    input_pool
+        Average-pool image inputs by this factor before the patch embedding; ``patch_size``
+        still counts input voxels, so the token grid is unchanged. ``2`` trains on 4 mm from
+        the 2 mm conformed volumes every method shares (about 5x cheaper with the conv stem).
     num_outputs
         Size of the head: 1 for regression, the number of classes for classification, 0 for
         no head (``pre_logits``).
@@ -82,6 +86,7 @@ class ModelConfig:
     patch_size: tuple[int, ...] | int = 16
     stem: str = "linear"
     stem_width: int = 16
+    input_pool: int = 1
     vocab_size: int = 0
     max_seq_len: int = 0
     causal: bool = False
@@ -120,6 +125,8 @@ class ModelConfig:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if isinstance(self.img_size, list):
             self.img_size = tuple(self.img_size)
+        if self.input_pool < 1:
+            raise ValueError(f"input_pool={self.input_pool} must be >= 1 (1 = no pooling)")
         if isinstance(self.patch_size, list):
             self.patch_size = tuple(self.patch_size)
 

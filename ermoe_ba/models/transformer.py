@@ -90,17 +90,21 @@ class MoETransformer(nn.Module):
         self.config = config
         dim = config.embed_dim
         if config.input_type == "image":
+            img_size, patch_size = _pooled_geometry(config)
+            pool = (nn.AvgPool3d if config.spatial_dims == 3 else nn.AvgPool2d)(config.input_pool)
+            self.input_pool: nn.Module = pool if config.input_pool > 1 else nn.Identity()
             if config.stem == "conv":
                 self.patch_embed: nn.Module = ConvStemEmbed(
-                    config.img_size, config.patch_size, config.in_chans, dim, config.spatial_dims, config.stem_width
+                    img_size, patch_size, config.in_chans, dim, config.spatial_dims, config.stem_width
                 )
             else:
                 self.patch_embed = PatchEmbed(
-                    config.img_size, config.patch_size, config.in_chans, dim, spatial_dims=config.spatial_dims
+                    img_size, patch_size, config.in_chans, dim, spatial_dims=config.spatial_dims
                 )
             self.grid_size: tuple[int, ...] | None = tuple(self.patch_embed.grid_size)
             num_tokens = self.patch_embed.num_patches
         else:
+            self.input_pool = nn.Identity()
             self.patch_embed = nn.Embedding(config.vocab_size, dim)
             self.grid_size = None
             num_tokens = config.max_seq_len
@@ -133,7 +137,7 @@ class MoETransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor, capture_routing: bool = False) -> TrunkOutput:
         """Embed ``x`` and run the blocks; collect auxiliary losses and, if asked, the routing."""
-        tokens = self.patch_embed(x)  # (b, n, d)
+        tokens = self.patch_embed(self.input_pool(x))  # (b, n, d)
         batch = tokens.shape[0]
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)
@@ -163,6 +167,20 @@ class MoETransformer(nn.Module):
         features = self.forward_features(x, capture_routing=capture_routing)
         output = self.forward_head(self.pool(features.tokens))
         return ModelOutput(output, features.aux_loss, features.routing)
+
+
+def _pooled_geometry(config: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Image and patch size after ``input_pool``; both must divide by it exactly."""
+    dims = config.spatial_dims
+    img = tuple(config.img_size)
+    patch = (config.patch_size,) * dims if isinstance(config.patch_size, int) else tuple(config.patch_size)
+    pool = config.input_pool
+    if any(v % pool for v in (*img, *patch)):
+        raise ValueError(
+            f"input_pool={pool} must divide img_size={img} and patch_size={patch}; "
+            "pick a pool factor that divides both (or 1)"
+        )
+    return tuple(v // pool for v in img), tuple(v // pool for v in patch)
 
 
 def build_trunk(defaults: dict, overrides: dict) -> MoETransformer:
