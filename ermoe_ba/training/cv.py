@@ -131,6 +131,17 @@ def _load_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _member_summary(folds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For seed ensembles: MAE and r of the individual members (mean over members, then folds)."""
+    if not all(f.get("members") for f in folds):
+        return None
+    per_fold = []
+    for f in folds:
+        scores = [regression_metrics(np.asarray(f["age"]), np.asarray(m["test_pred"])) for m in f["members"]]
+        per_fold.append({k: float(np.mean([s[k] for s in scores])) for k in ("mae", "r")})
+    return {k: mean_sd([p[k] for p in per_fold]) for k in ("mae", "r")}
+
+
 def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per method: mean ± sd over folds of MAE, RMSE, r, R², gap slope, corrected MAE; pooled metrics;
     load metrics per MoE layer; training time."""
@@ -144,6 +155,7 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         age = np.concatenate([f["age"] for f in folds])
         pooled = regression_metrics(age, np.concatenate([f["predicted"] for f in folds]))
         load = _load_summary(folds)
+        members = _member_summary(folds)
         summary[name] = {
             "folds": sorted(f["fold"] for f in folds),
             **per,
@@ -152,5 +164,6 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
             "load_cv_mean": mean_sd([v["cv"] for v in load.values()])["mean"] if load else None,
             "parameters": folds[0].get("parameters"),
             "train_seconds": mean_sd([f.get("train_seconds", float("nan")) for f in folds]),
+            **({"single_model": members} if members else {}),
         }
     return summary

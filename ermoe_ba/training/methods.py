@@ -95,7 +95,10 @@ class DeepMethod:
         info["inference_seconds_per_scan"] = sum(m["info"]["inference_seconds_per_scan"] for m in members)
         info["load"] = _mean_load([m["info"]["load"] for m in members])
         if self.seeds > 1:
-            info["members"] = [{k: v for k, v in m["info"].items() if k != "history"} for m in members]
+            info["members"] = [
+                {**{k: v for k, v in m["info"].items() if k != "history"}, "test_pred": m["test_pred"].tolist()}
+                for m in members
+            ]
         return FoldPrediction(split.val, val_pred, test_pred, info)
 
     def _fit_member(self, data: VolumeSet, split: FoldSplit, seed: int) -> dict[str, Any]:

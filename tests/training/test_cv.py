@@ -112,8 +112,22 @@ def test_seed_ensemble_averages_its_members(tmp_path, synthetic, folds):
         ensemble.calibration_pred, (members[0].calibration_pred + members[1].calibration_pred) / 2, atol=1e-4
     )
     assert [m["seed"] for m in ensemble.info["members"]] == [split.fold, split.fold + 1000]
+    for stored, member in zip(ensemble.info["members"], members, strict=True):
+        np.testing.assert_allclose(stored["test_pred"], member.test_pred, atol=1e-4)
     for layer, load in ensemble.info["load"].items():
         expected = (np.array(members[0].info["load"][layer]["cv"]) + members[1].info["load"][layer]["cv"]) / 2
         assert load["cv"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="seeds=0"):
         DeepMethod("bad", "ermoe_ba_tiny", tiny, recipe, seeds=0)
+
+
+def test_summary_reports_single_members_of_seed_ensembles():
+    age = np.array([20.0, 40.0, 60.0, 80.0])
+    members = [{"test_pred": (age + 2).tolist()}, {"test_pred": (age - 6).tolist()}]
+    fold = {"fold": 0, "age": age.tolist(), "predicted": (age - 2).tolist(), "members": members, "load": {}}
+    fold["metrics"] = {"mae": 2.0, "rmse": 2.0, "r": 1.0, "r2": 0.9, "gap_slope": 0.0}
+    fold["metrics"]["corrected"] = {"mae": 2.0, "gap_slope": 0.0}
+    summary = summarize({"ens": [fold]})["ens"]
+    assert summary["single_model"]["mae"]["mean"] == pytest.approx(4.0)  # members err by 2 and 6 years
+    assert summary["mae"]["mean"] == pytest.approx(2.0)
+    assert "single_model" not in summarize({"one": [{**fold, "members": None}]})["one"]
