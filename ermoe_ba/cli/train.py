@@ -49,7 +49,10 @@ def train(
     patience: int = typer.Option(20, "--patience", min=0, help="Early-stopping patience in epochs (0: off)."),
     val_fraction: float = typer.Option(0.15, "--val-fraction", help="Subjects held out for early stopping."),
     augment: str = typer.Option("fast", "--augment", help="fast, monai or none."),
-    ema_decay: float = typer.Option(0.0, "--ema-decay", help="Weight EMA decay per step (0: off)."),
+    ema_decay: float = typer.Option(0.99, "--ema-decay", help="Weight EMA decay per step (0: off)."),
+    seeds: int = typer.Option(
+        1, "--seeds", min=1, help="Train N models with different seeds; save their average as one ensemble."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed"),
@@ -86,7 +89,7 @@ def train(
     init_distributed()
     try:
         data = load_cohort(inputs, ages, PreprocessConfig(), cache_dir, progress=progress, workers=workers)
-        result = train_brain_age(data, out, model, model_overrides, config, val_fraction=val_fraction)
+        result = train_brain_age(data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds)
     except (DiscoveryError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

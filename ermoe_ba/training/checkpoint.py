@@ -20,6 +20,7 @@ from torch import nn
 
 from ermoe_ba.atomic import atomic_path
 from ermoe_ba.models.config import ModelConfig, PreprocessConfig
+from ermoe_ba.models.ensemble import SeedEnsemble
 
 __all__ = ["CHECKPOINT_FORMAT", "build_meta", "load_checkpoint", "read_meta", "save_checkpoint"]
 
@@ -109,6 +110,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a checkpoint and load its weights.
 
+    A checkpoint with ``ensemble_size`` > 1 in its metadata holds a
+    :class:`~ermoe_ba.models.ensemble.SeedEnsemble` and is rebuilt as one.
+
     Returns
     -------
     model, meta
@@ -128,7 +132,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     config = ModelConfig.from_dict(meta["model_config"])
     preprocess = PreprocessConfig.from_dict(meta["preprocess"])
     kwargs = {**meta.get("model_overrides", {}), **config.to_dict(), "preprocess": preprocess}
-    model = create_model(meta["model_name"], **kwargs)
+    size = int(meta.get("ensemble_size", 1))
+    members = [create_model(meta["model_name"], **kwargs) for _ in range(size)]
+    model = members[0] if size == 1 else SeedEnsemble(members)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

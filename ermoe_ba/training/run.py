@@ -36,6 +36,7 @@ class TrainResult:
     bias_correction: AgeBiasCorrection
     val_metrics: dict[str, Any]
     meta: dict[str, Any]
+    model: Any = None  # the trained model (a SeedEnsemble when seeds > 1)
 
 
 def train_brain_age(
@@ -45,6 +46,7 @@ def train_brain_age(
     model_overrides: dict[str, Any] | None = None,
     config: TrainConfig | None = None,
     val_fraction: float = 0.15,
+    seeds: int = 1,
 ) -> TrainResult:
     """Train ``model_name`` on the scans of ``data`` that have an age and save a checkpoint.
 
@@ -61,6 +63,11 @@ def train_brain_age(
         The training recipe.
     val_fraction
         Share of subjects held out for early stopping and the age-bias correction.
+    seeds
+        Train this many models on the same split with seeds ``config.seed + 1000 * j`` and
+        save them as one :class:`~ermoe_ba.models.ensemble.SeedEnsemble` checkpoint whose
+        prediction is their mean (the bias correction and validation metrics are the
+        ensemble's).
 
     Examples
     --------
@@ -70,16 +77,23 @@ def train_brain_age(
     import torch
 
     import ermoe_ba.models.sfcn  # noqa: F401  (registers the CNN peer)
-    from ermoe_ba.models import create_model
+    from ermoe_ba.models import SeedEnsemble, create_model
 
     cfg = config or TrainConfig()
     overrides = dict(model_overrides or {})
     data = data.with_age()
     train_idx, val_idx = train_val_split(data.ages, data.subject_ids, val_fraction=val_fraction, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = create_model(model_name, preprocess=data.preprocess, **overrides)
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds} must be >= 1")
     vol, ages = data.volumes, data.ages
-    result = fit(model, vol[train_idx], ages[train_idx], vol[val_idx], ages[val_idx], cfg)
+    members, results = [], []
+    for j in range(seeds):
+        member_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": cfg.seed + 1000 * j})
+        torch.manual_seed(member_cfg.seed)
+        members.append(create_model(model_name, preprocess=data.preprocess, **overrides))
+        results.append(fit(members[-1], vol[train_idx], ages[train_idx], vol[val_idx], ages[val_idx], member_cfg))
+    model = members[0] if seeds == 1 else SeedEnsemble(members)
+    result = results[0]  # the target scaling is the same for every member (same training scans)
     device = next(model.parameters()).device
     val_pred, _ = predict(model, vol[val_idx], result.scaler, cfg.eval_batch_size, device)
     full_pred = np.full(len(data), np.nan)
@@ -107,13 +121,18 @@ def train_brain_age(
         training_data=training_data,
         extra={
             "train_config": cfg.to_dict(),
-            "best_epoch": result.best_epoch,
+            "best_epoch": result.best_epoch if seeds == 1 else [r.best_epoch for r in results],
             "validation_metrics": val_metrics,
             "history": result.history,
+            **(
+                {"ensemble_size": seeds, "member_seeds": [cfg.seed + 1000 * j for j in range(seeds)]}
+                if seeds > 1
+                else {}
+            ),
         },
     )
     path = None
     if output is not None and is_main_process():
         path = save_checkpoint(output, model, meta)
     barrier()
-    return TrainResult(path, result, correction, val_metrics, meta)
+    return TrainResult(path, result, correction, val_metrics, meta, model)

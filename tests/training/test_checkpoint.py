@@ -80,3 +80,22 @@ def test_train_brain_age_stores_target_stats_bias_and_data_description(tmp_path,
     assert "IXI" in meta["training_data"]["attribution"]
     assert meta["bias_correction"]["fitted_on"] in ("validation", "none")
     assert meta["train_config"]["epochs"] == 3 and np.isfinite(meta["validation_metrics"]["mae"])
+
+
+def test_seed_ensemble_trains_saves_and_loads_as_the_mean_of_its_members(tmp_path, synthetic):
+    from ermoe_ba.models import SeedEnsemble
+
+    cfg = TrainConfig(epochs=2, batch_size=8, progress=False, device="cpu", augment=AugmentConfig(kind="none"))
+    tiny = {"patch_size": 8, "embed_dim": 16, "num_heads": 2, "depth": 2}
+    result = train_brain_age(synthetic, tmp_path / "ens.safetensors", "ermoe_ba_tiny", tiny, cfg, seeds=2)
+    model, meta = load_checkpoint(result.checkpoint)
+    assert isinstance(model, SeedEnsemble) and len(model.members) == 2
+    assert meta["ensemble_size"] == 2 and meta["member_seeds"] == [0, 1000]
+    x = synthetic.volumes[:4].float()
+    with torch.no_grad():
+        members = [m(x).output for m in model.members]
+        torch.testing.assert_close(model(x).output, (members[0] + members[1]) / 2)
+        torch.testing.assert_close(model(x).output, result.model.eval()(x).output, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(members[0], members[1])  # two trainings, not one copied
+    with pytest.raises(ValueError, match="seeds=0"):
+        train_brain_age(synthetic, None, "ermoe_ba_tiny", tiny, cfg, seeds=0)
