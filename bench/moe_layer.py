@@ -10,13 +10,14 @@ for a descheduled thread), the E=8 fast paths are also timed as single-thread CP
 script can wait for a quiet machine first. Prints one JSON line and writes it to
 bench/results/moe_layer.json.
 
-What one ERMoE step times: forward + backward + ``experts.orthonormalize_()``, the retraction
-the training loop runs after every optimiser step. Its bases are then orthonormal, so the
-forward skips the QR factorisation (the backward still applies QR's exact derivative, see
-``ermoe_ba.layers.eigen_experts``); the per-step QR cost is paid in ``orthonormalize_`` as in
-training. Dense and softmax steps are forward + backward (they have nothing to retract).
-``orthogonalization_ms_fwd_bwd`` times ``bases()`` forward + backward on raw bases moved off the
-manifold (the full QR path).
+What one ERMoE step times: ``experts.orthonormalize_()`` + forward + backward. Before each timed
+step (untimed) the raw bases get a small random move, standing in for the optimiser step, so
+``orthonormalize_`` does the retraction training pays after every step (a Cholesky QR of bases an
+optimiser step away from the manifold, see ``ermoe_ba.layers.eigen_experts``). The forward then
+starts from orthonormal bases and skips the QR factorisation, as in training (the backward still
+applies QR's exact derivative). Dense and softmax steps are forward + backward (they have nothing
+to retract). ``orthogonalization_ms_fwd_bwd`` times ``bases()`` forward + backward on raw bases
+moved off the manifold (the full QR path, which training never takes after the first step).
 
     python bench/moe_layer.py [--quick] [--repeats N] [--wait-quiet SECONDS] [--no-save]
 """
@@ -42,20 +43,34 @@ EMBED_DIM, TOKENS, TOP_K, DENSE_HIDDEN, EXPERTS = 256, 4096, 2, 1024, (8, 16)
 RESULT = Path(__file__).resolve().parent / "results" / "moe_layer.json"
 
 
-def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
-    experts = getattr(module, "experts", None)
-    retract = experts.orthonormalize_ if isinstance(experts, EigenExperts) else None
+class _Step:
+    """One training step of ``module`` minus the optimiser: forward + backward (+ ERMoE retraction).
 
-    def run() -> None:
-        for p in module.parameters():
+    For ERMoE, :meth:`setup` (not timed) moves the raw bases off the manifold the way an optimiser
+    step does, so the timed ``orthonormalize_`` does the real per-step work training pays; the
+    following forward then starts from orthonormal bases, as in training.
+    """
+
+    def __init__(self, module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
+        self.module, self.x, self.grad = module, x, grad
+        experts = getattr(module, "experts", None)
+        self.experts = experts if isinstance(experts, EigenExperts) else None
+        self.noise = torch.Generator().manual_seed(1)
+
+    def setup(self) -> None:
+        if self.experts is not None:
+            with torch.no_grad():
+                for raw in (self.experts.V, self.experts.U):
+                    raw.add_(torch.randn(raw.shape, generator=self.noise), alpha=1e-4)
+
+    def __call__(self) -> None:
+        if self.experts is not None:  # what training runs after optimizer.step() (ermoe_ba.training.loop)
+            self.experts.orthonormalize_()
+        for p in self.module.parameters():
             p.grad = None
-        out = module(x)
+        out = self.module(self.x)
         out = out[0] if isinstance(out, tuple) else out
-        out.backward(grad)
-        if retract is not None:  # what training pays per step (ermoe_ba.training.loop)
-            retract()
-
-    return run
+        out.backward(self.grad)
 
 
 def _mixtral(num_experts: int) -> tuple[nn.Module | None, str]:
@@ -83,6 +98,8 @@ def _time_cases(
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, run in cases.items():
+            if isinstance(run, _Step):
+                run.setup()
             start = clock()
             run()
             times[name].append(clock() - start)
@@ -163,7 +180,7 @@ def main() -> None:
         block, mixtral_notes[f"E{num_experts}"] = _mixtral(num_experts)
         if block is not None:
             modules["mixtral"] = block
-        medians = _time_cases({name: _step(m, x, grad) for name, m in modules.items()}, repeats)
+        medians = _time_cases({name: _Step(m, x, grad) for name, m in modules.items()}, repeats)
         report[f"E{num_experts}"] = {
             "hidden": {"dense": DENSE_HIDDEN, "softmax": h_softmax, "ermoe": h_ermoe},
             "active_parameters": {name: active_parameter_count(m) for name, m in modules.items() if name != "mixtral"},
@@ -176,7 +193,7 @@ def main() -> None:
             report["orthogonalization_ms_fwd_bwd"] = _orthogonalization_ms(num_experts, h_ermoe, min(repeats, 3))
 
     torch.set_num_threads(1)
-    cpu = _time_cases({name: _step(m, x, grad) for name, m in fast.items()}, repeats, time.process_time)
+    cpu = _time_cases({name: _Step(m, x, grad) for name, m in fast.items()}, repeats, time.process_time)
     report["E8_cpu_seconds_1thread"] = {name: round(value, 5) for name, value in cpu.items()}
     report["E8_cpu_1thread_ermoe_vs_dense"] = round(cpu["ermoe_sorted"] / cpu["dense"], 3)
     report["E8_cpu_1thread_ermoe_vs_softmax"] = round(cpu["ermoe_sorted"] / cpu["softmax_sorted"], 3)

@@ -21,6 +21,7 @@ from ermoe_ba.layers.eigen_experts import (
     ORTHOGONALIZATIONS,
     EigenExperts,
     default_expert_rank,
+    orthonormal_factor,
     orthonormalize_,
     qr_retract,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "equal_active_hidden",
     "get_dispatch",
     "orthogonality_penalty",
+    "orthonormal_factor",
     "orthonormalize_",
     "qr_retract",
     "register_dispatch",

@@ -21,13 +21,15 @@ from torch.autograd.function import once_differentiable
 __all__ = ["grouped_experts"]
 
 
-def _act_backward(act: nn.Module, grad: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+def _act_backward_(act: nn.Module, grad: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """Gradient through ``act`` at ``pre``, written into ``grad`` (a fresh temporary) when possible."""
+    # in place: the (c, h) block is still in cache and no second block-sized buffer is touched
     if type(act) is nn.GELU:
-        return torch.ops.aten.gelu_backward(grad, pre, approximate=act.approximate)
+        return torch.ops.aten.gelu_backward.grad_input(grad, pre, approximate=act.approximate, grad_input=grad)
     if type(act) is nn.SiLU:
-        return torch.ops.aten.silu_backward(grad, pre)
+        return torch.ops.aten.silu_backward.grad_input(grad, pre, grad_input=grad)
     if type(act) is nn.ReLU:
-        return grad * (pre > 0)
+        return grad.mul_(pre > 0)
     with torch.enable_grad():
         leaf = pre.detach().requires_grad_()
         (out,) = torch.autograd.grad(act(leaf), leaf, grad)
@@ -89,7 +91,7 @@ class _GroupedExperts(torch.autograd.Function):
                 continue
             pre, post = saved
             torch.mm(post.t(), grad_y[block], out=grad_w2[e])
-            grad_pre = _act_backward(ctx.act, grad_y[block] @ w2[e].t(), pre)
+            grad_pre = _act_backward_(ctx.act, grad_y[block] @ w2[e].t(), pre)
             torch.mm(z[block].t(), grad_pre, out=grad_w1_aug[e])
             torch.mm(grad_pre, w1[e].t(), out=grad_z[block])
         grad_source = grad_z.new_zeros(ctx.source_shape).index_add_(0, rows, grad_z)

@@ -1,14 +1,19 @@
 """Dispatch backends: send token-expert slots to the experts and gather the gated outputs.
 
-A backend is a function ``fn(inputs, top_k_index, top_k_weight, weights, act, keep=None) -> out``
-on flattened tokens. Axis letters: ``n`` tokens, ``k`` slots per token, ``e`` experts, ``g`` input
+A backend is a function
+``fn(inputs, top_k_index, top_k_weight, weights, act, keep=None, *, slot_inputs=False) -> out`` on
+flattened tokens. Axis letters: ``n`` tokens, ``k`` slots per token, ``e`` experts, ``g`` input
 groups (``e`` for eigen experts, which read their own projection ``V_eᵀ x``; 1 for dense experts,
 which read the token), ``i`` expert input width, ``d`` output width.
 
-* ``inputs`` ``(n, g, i)``; ``top_k_index`` / ``top_k_weight`` ``(n, k)``;
+* ``inputs`` ``(n, g, i)``, or with ``slot_inputs=True`` ``(n, k, i)``: one input per slot, the
+  one its expert reads (the ERMoE fast path keeps only the routed projections);
+* ``top_k_index`` / ``top_k_weight`` ``(n, k)``;
 * ``weights`` an :class:`~ermoe_ba.layers.experts.ExpertWeights`; ``act`` the activation module;
 * ``keep`` optional ``(n, k)`` bool, False for slots dropped by a capacity limit;
-* ``out[t] = Σ_j keep[t, j] · top_k_weight[t, j] · expert_{top_k_index[t, j]}(inputs[t, ·])``.
+* ``out[t] = Σ_j keep[t, j] · top_k_weight[t, j] · expert_{top_k_index[t, j]}(z_{t, j})`` with
+  ``z_{t, j}`` = ``inputs[t, j]`` (slot inputs), ``inputs[t, top_k_index[t, j]]`` (``g = e``) or
+  ``inputs[t, 0]`` (``g = 1``).
 
 ``"eager"`` is the reference (a loop over experts, plain autograd); ``"sorted"`` sorts the slots by
 expert and runs a fused per-expert kernel with a hand-written backward. Backends register by name
@@ -51,6 +56,8 @@ class DispatchFn(Protocol):
         weights: ExpertWeights,
         act: nn.Module,
         keep: torch.Tensor | None = None,
+        *,
+        slot_inputs: bool = False,
     ) -> torch.Tensor: ...
 
 
@@ -114,6 +121,8 @@ def eager_dispatch(
     weights: ExpertWeights,
     act: nn.Module,
     keep: torch.Tensor | None = None,
+    *,
+    slot_inputs: bool = False,
 ) -> torch.Tensor:
     """Reference backend: for each expert gather its slots, run it, gate, ``index_add`` back."""
     n, groups, width = inputs.shape
@@ -126,7 +135,7 @@ def eager_dispatch(
         token, slot = mask.nonzero(as_tuple=True)
         if token.numel() == 0:
             continue
-        z = flat_inputs[token * groups + (e if groups > 1 else 0)]
+        z = flat_inputs[token * groups + (slot if slot_inputs else e if groups > 1 else 0)]
         hidden = act(z @ weights.fc1_weight[e] + weights.fc1_bias[e])
         y = hidden @ weights.fc2_weight[e] + weights.fc2_bias[e]
         out = out.index_add(0, token, y * top_k_weight[token, slot].unsqueeze(1))
@@ -141,6 +150,8 @@ def sorted_dispatch(
     weights: ExpertWeights,
     act: nn.Module,
     keep: torch.Tensor | None = None,
+    *,
+    slot_inputs: bool = False,
 ) -> torch.Tensor:
     """Sort slots by expert, then one fused ``fc1 -> act -> fc2 -> gate -> index_add`` per expert."""
     n, groups, width = inputs.shape
@@ -152,6 +163,9 @@ def sorted_dispatch(
     counts = torch.bincount(expert, minlength=num_experts + 1)[:num_experts].tolist()
     order = order[: sum(counts)]
     token = order // k
-    rows = token * groups + expert[order] if groups > 1 else token
+    if slot_inputs:
+        rows = order  # slot s = t*k + j is row s of the flattened (n*k, i) inputs
+    else:
+        rows = token * groups + expert[order] if groups > 1 else token
     gate = top_k_weight.reshape(-1)[order]
     return grouped_experts(inputs.reshape(n * groups, width), gate, tuple(weights), rows, token, counts, n, act)

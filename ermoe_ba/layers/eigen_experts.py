@@ -56,6 +56,7 @@ __all__ = [
     "ORTHONORMAL_TOL",
     "EigenExperts",
     "default_expert_rank",
+    "orthonormal_factor",
     "orthonormalize_",
     "qr_retract",
     "retract",
@@ -107,9 +108,53 @@ class _AtOrthonormalPoint(torch.autograd.Function):
 
 def _is_orthonormal(basis: torch.Tensor) -> bool:
     with torch.no_grad():
-        gram = basis.mT @ basis
-        gram.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-        return bool(gram.abs().max() <= ORTHONORMAL_TOL * torch.finfo(basis.dtype).eps)
+        return _gram_error(basis) <= ORTHONORMAL_TOL * torch.finfo(basis.dtype).eps
+
+
+def _gram_error(basis: torch.Tensor) -> float:
+    return _deviation(basis.mT @ basis)
+
+
+def _deviation(gram: torch.Tensor) -> float:
+    """``max |G - I|`` of a batch of Gram matrices."""
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return float((gram - eye).abs().max())
+
+
+@torch.no_grad()
+def orthonormal_factor(matrix: torch.Tensor) -> torch.Tensor | None:
+    """The Q factor of :func:`qr_retract` without autograd, or None if ``matrix`` is already orthonormal.
+
+    "Already orthonormal" is the test :func:`retract` applies (``ORTHONORMAL_TOL``), so leaving such
+    a matrix as it is changes nothing downstream. Near the manifold (an optimiser step away) Q comes
+    from Cholesky QR, twice: ``R = chol(BᵀB)ᵀ`` has a positive diagonal, so ``B R⁻¹`` is the same Q
+    factor as the sign-fixed Householder QR, for two ``(r, m) x (m, r)`` Gram products and two
+    triangular solves instead of a Householder factorisation (about a third of the time on CPU).
+    Far from the manifold (ill-conditioned Gram matrix) it falls back to :func:`qr_retract`.
+
+    Examples
+    --------
+    >>> b = qr_retract(torch.randn(2, 9, 3)) + 1e-3 * torch.randn(2, 9, 3)
+    >>> torch.allclose(orthonormal_factor(b), qr_retract(b), atol=1e-5)
+    True
+    >>> orthonormal_factor(qr_retract(b)) is None
+    True
+    """
+    tol = ORTHONORMAL_TOL * torch.finfo(matrix.dtype).eps
+    gram = matrix.mT @ matrix
+    error = _deviation(gram)
+    if error <= tol:
+        return None
+    q = matrix
+    for _ in range(2 if error < 0.5 else 0):  # a pass leaves an error of order cond(B)²·eps
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if bool(info.any()):
+            break
+        q = torch.linalg.solve_triangular(factor.mT, q, upper=True, left=False)
+        gram = q.mT @ q
+        if _deviation(gram) <= tol:
+            return q
+    return qr_retract(matrix)
 
 
 def retract(matrix: torch.Tensor) -> torch.Tensor:
@@ -258,13 +303,20 @@ class EigenExperts(ExpertBank):
 
     @torch.no_grad()
     def orthonormalize_(self) -> None:
-        """Replace the raw bases by their orthonormal versions in place (e.g. after ``optimizer.step()``)."""
-        v, u = self.bases()
+        """Replace the raw bases by their orthonormal versions in place (e.g. after ``optimizer.step()``).
+
+        With ``"qr"`` this is :func:`orthonormal_factor` (the Q factor :meth:`bases` would use;
+        bases already orthonormal to ``ORTHONORMAL_TOL`` are left as they are).
+        """
         if self.orthogonalization == "parametrization":
+            v, u = self.bases()
             self.V, self.U = v.clone(), u.clone()  # re-trivialises around the current point
-        else:
-            self.V.copy_(v)
-            self.U.copy_(u)
+            return
+        raw_v = rearrange(self.V, "e d r -> d (e r)") if self.disjoint_bases else self.V
+        for raw, param in ((raw_v, self.V), (self.U, self.U)):
+            q = orthonormal_factor(raw)
+            if q is not None:
+                param.copy_(rearrange(q, "d (e r) -> e d r", e=self.num_experts) if raw is not param else q)
 
     def project(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
         """``V_eᵀ x`` for all experts at once: ``(n, d)`` -> ``(n, e, r)`` in one matmul.

@@ -25,7 +25,8 @@ class MoELayer(nn.Module):
     (or, with ``score="context"``, the cosine of ``V_eᵀ x`` and ``V_eᵀ c`` for the token's
     attention context ``c``); the projection ``V_eᵀ x`` is computed once (one matmul for all
     experts) and feeds both the router and the experts' first layer. With a fast dispatch backend
-    the projection's backward only visits the routed ``(token, expert)`` blocks
+    only the routed ``(token, expert)`` blocks are kept and differentiated, the experts read them
+    per slot and the projection's backward visits only them
     (:mod:`ermoe_ba.layers._projection`); ``dispatch="eager"`` keeps plain autograd throughout as
     the reference. ``router="softmax"``: dense experts behind a learned softmax top-k router
     (Mixtral style) with optional Switch balance loss and z-loss.
@@ -158,9 +159,11 @@ class MoELayer(nn.Module):
                 f"MoELayer(dim={self.dim}) got input of shape {tuple(x.shape)}; last axis must be {self.dim}."
             )
         tokens = x.reshape(-1, self.dim)
+        slot_inputs = False
         if isinstance(self.experts, EigenExperts):
             assert isinstance(self.router, EigenbasisRouter)
             inputs, routed, weights = self._route_eigen(tokens, context)
+            slot_inputs = self.dispatch_fn is not eager_dispatch
         else:
             routed = self.router(tokens)
             inputs = tokens.unsqueeze(1)
@@ -169,7 +172,8 @@ class MoELayer(nn.Module):
         if self.capacity_factor is not None:
             keep, dropped = capacity_keep_mask(routed.top_k_index, self.num_experts, self.capacity_factor)
         gate = routed.top_k_weight.to(x.dtype)
-        out = self.dispatch_fn(inputs, routed.top_k_index, gate, weights, self.experts.act, keep)
+        act = self.experts.act
+        out = self.dispatch_fn(inputs, routed.top_k_index, gate, weights, act, keep, slot_inputs=slot_inputs)
         aux = routed.aux_loss
         if self.orthogonality_weight and isinstance(self.experts, EigenExperts):
             aux = aux + self.orthogonality_weight * self.experts.orthogonality_penalty()
@@ -197,19 +201,25 @@ class MoELayer(nn.Module):
             context_projection = experts.project(context.reshape(-1, self.dim), v)  # (n, e, r)
         with torch.set_grad_enabled(torch.is_grad_enabled() and router.needs_token_norm_gradient):
             norm = token_norms(tokens)  # the default gates do not depend on it: skip its backward
-        if self.dispatch_fn is eager_dispatch or not torch.is_grad_enabled():
+        if self.dispatch_fn is eager_dispatch:
             inputs = experts.project(tokens, v)  # (n, e, r), shared by router and experts
             return inputs, router(inputs, norm, context_projection), experts.expert_weights(u)
-        # fast path: score all experts without autograd, then differentiate only the routed blocks
+        # fast path: score all experts without autograd, keep the routed slots' projections (n, k, r)
+        # and differentiate only those (the experts then read per-slot inputs)
         with torch.no_grad():
             projection = experts.project(tokens, v)
             ctx = None if context_projection is None else context_projection.detach()
             scores, ranking = router.scores(projection, norm, ctx)
             top_k_index = router.select(scores, ranking)
-        inputs = routed_projection(tokens, v, projection, top_k_index)
-        index = top_k_index.unsqueeze(-1).expand(-1, -1, experts.expert_rank)
-        selected_ctx = None if context_projection is None else context_projection.gather(1, index)
-        sel_scores, sel_ranking = router.scores(inputs.gather(1, index), norm, selected_ctx)
+            # row t*e + top_k_index[t, j] of the (n*e, r) projection; index_select copies whole rows
+            # (several times faster on CPU than gather with an expanded index)
+            flat = top_k_index + torch.arange(0, tokens.shape[0] * self.num_experts, self.num_experts).unsqueeze(1)
+            selected = projection.flatten(0, 1).index_select(0, flat.flatten()).unflatten(0, flat.shape)  # (n, k, r)
+        inputs = routed_projection(tokens, v, selected, top_k_index) if torch.is_grad_enabled() else selected
+        selected_ctx = None
+        if context_projection is not None:
+            selected_ctx = context_projection.gather(1, top_k_index.unsqueeze(-1).expand(-1, -1, experts.expert_rank))
+        sel_scores, sel_ranking = router.scores(inputs, norm, selected_ctx)
         weight = router.gate_weights(sel_scores, sel_ranking)
         return inputs, RouterOutput(scores, top_k_index, weight, scores.new_zeros(())), experts.expert_weights(u)
 

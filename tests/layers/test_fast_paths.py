@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
-from ermoe_ba.layers import MoELayer, eigen_experts, qr_retract
+from ermoe_ba.layers import MoELayer, eager_dispatch, eigen_experts, qr_retract, sorted_dispatch
 from ermoe_ba.layers._projection import routed_projection
-from ermoe_ba.layers.eigen_experts import retract
+from ermoe_ba.layers.eigen_experts import orthonormal_factor, retract
+from ermoe_ba.layers.experts import ExpertWeights
 
 
 @pytest.mark.parametrize("shape", [(3, 9, 4), (6, 6), (2, 40, 1)])
@@ -40,9 +41,9 @@ def test_routed_projection_backward_equals_autograd_through_the_selected_blocks(
     gather = index.unsqueeze(-1).expand(n, k, r)
 
     def loss(x, v, fast):
-        full = torch.einsum("nd,edr->ner", x, v)
-        p = routed_projection(x, v, full.detach(), index) if fast else full
-        return (p.gather(1, gather) * weight).sum() + p.gather(1, gather).norm(dim=-1).sum()
+        selected = torch.einsum("nd,edr->ner", x, v).gather(1, gather)  # (n, k, r), plain autograd
+        p = routed_projection(x, v, selected.detach(), index) if fast else selected
+        return (p * weight).sum() + p.norm(dim=-1).sum()
 
     grads = []
     for fast in (False, True):
@@ -84,3 +85,40 @@ def test_fast_ermoe_path_equals_the_eager_reference_after_an_optimizer_step(kwar
     torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-5, rtol=1e-5)
     for name, grad in outs[0][2].items():
         torch.testing.assert_close(outs[1][2][name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 0.3, 3.0])
+def test_orthonormal_factor_is_the_qr_retraction_near_and_far_from_the_manifold(scale):
+    """Cholesky QR near the manifold, Householder fallback far from it: the same Q either way."""
+    torch.manual_seed(5)
+    raw = qr_retract(torch.randn(4, 60, 8)) + scale * torch.randn(4, 60, 8) / 8
+    q = orthonormal_factor(raw)
+    torch.testing.assert_close(q, qr_retract(raw), atol=2e-6, rtol=0)
+    gram = q.mT @ q
+    torch.testing.assert_close(gram, torch.eye(8).expand_as(gram), atol=4e-6, rtol=0)
+    assert orthonormal_factor(q) is None  # already orthonormal: nothing to do
+
+
+def test_orthonormal_factor_of_a_rank_deficient_matrix_falls_back_to_householder():
+    raw = torch.randn(2, 10, 3, dtype=torch.float64)
+    raw[:, :, 2] = raw[:, :, 0]  # singular Gram matrix: Cholesky fails
+    torch.testing.assert_close(orthonormal_factor(raw), qr_retract(raw), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", [eager_dispatch, sorted_dispatch])
+@pytest.mark.parametrize("capacity", [False, True])
+def test_slot_inputs_equal_per_expert_inputs(backend, capacity):
+    """Each slot reading its own row of (n, k, i) equals each expert reading its row of (n, e, i)."""
+    torch.manual_seed(6)
+    n, e, k, i, h, d = 30, 5, 2, 4, 6, 3
+    per_expert = torch.randn(n, e, i, dtype=torch.float64)
+    index = torch.rand(n, e).topk(k, dim=-1).indices
+    per_slot = per_expert.gather(1, index.unsqueeze(-1).expand(n, k, i))
+    gate = torch.rand(n, k, dtype=torch.float64)
+    shapes = ((e, i, h), (e, h), (e, h, d), (e, d))
+    weights = ExpertWeights(*(torch.randn(*shape, dtype=torch.float64) for shape in shapes))
+    keep = torch.rand(n, k) > 0.3 if capacity else None
+    act = torch.nn.GELU()
+    expected = eager_dispatch(per_expert, index, gate, weights, act, keep)
+    got = backend(per_slot, index, gate, weights, act, keep, slot_inputs=True)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
