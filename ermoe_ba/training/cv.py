@@ -112,10 +112,11 @@ def cross_validate(
 
 
 def same_settings(stored: dict[str, Any] | None, current: dict[str, Any]) -> bool:
-    """Whether a finished fold was made with the method's current settings (JSON round trip)."""
-    if stored is None:  # written before settings were recorded: accept, as before
-        return True
-    return stored == json.loads(json.dumps(current))
+    """Whether a finished fold was made with the method's current settings (JSON round trip).
+
+    A fold written without settings cannot be shown to match, so it is run again.
+    """
+    return stored is not None and stored == json.loads(json.dumps(current))
 
 
 def _load_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

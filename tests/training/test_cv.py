@@ -131,3 +131,15 @@ def test_summary_reports_single_members_of_seed_ensembles():
     assert summary["single_model"]["mae"]["mean"] == pytest.approx(4.0)  # members err by 2 and 6 years
     assert summary["mae"]["mean"] == pytest.approx(2.0)
     assert "single_model" not in summarize({"one": [{**fold, "members": None}]})["one"]
+
+
+def test_a_fold_without_recorded_settings_is_run_again(tmp_path, synthetic, folds):
+    method = BrainMeanMethod()
+    cross_validate([method], synthetic, folds[:1], tmp_path)
+    path = tmp_path / "brain_mean" / "fold0.json"
+    legacy = json.loads(path.read_text())
+    del legacy["settings"]
+    path.write_text(json.dumps(legacy))
+    cross_validate([method], synthetic, folds[:1], tmp_path)
+    assert method.calls == [0, 0]
+    assert "settings" in json.loads(path.read_text())
