@@ -145,9 +145,9 @@ def test_brain_age_model_follows_a_custom_grid():
 
 
 def test_conv_stem_keeps_token_grid_and_shrinks_the_stem():
-    linear = create_model("ermoe_ba_tiny", stem="linear")
-    conv = create_model("ermoe_ba_tiny")  # the default stem
-    assert conv.grid_size == linear.grid_size == (5, 6, 5)
+    linear = create_model("ermoe_ba_tiny", stem="linear", input_pool=1)  # 16^3-voxel linear patches
+    conv = create_model("ermoe_ba_tiny", input_pool=1)  # the default stem, full resolution
+    assert conv.grid_size == linear.grid_size == create_model("ermoe_ba_tiny").grid_size == (5, 6, 5)
     n_linear = sum(p.numel() for p in linear.patch_embed.parameters())
     n_conv = sum(p.numel() for p in conv.patch_embed.parameters())
     assert n_conv < n_linear
