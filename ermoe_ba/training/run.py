@@ -123,6 +123,7 @@ def train_brain_age(
             "train_config": cfg.to_dict(),
             "best_epoch": result.best_epoch if seeds == 1 else [r.best_epoch for r in results],
             "validation_metrics": val_metrics,
+            "train_seconds": round(sum(r.seconds for r in results), 1),
             "history": result.history,
             **(
                 {"ensemble_size": seeds, "member_seeds": [cfg.seed + 1000 * j for j in range(seeds)]}

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ermoe_ba.inference.pretrained import bundled_models, register_bundled_model
+from ermoe_ba.inference.pretrained import register_bundled_model
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.checkpoint import read_meta
 from ermoe_ba.training.config import TrainConfig
@@ -47,10 +47,13 @@ def main() -> None:
     method = next(m for m in cv_config["methods"] if m["name"] == args.method)
     train = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
     checkpoint = args.weights_dir / f"{args.name}.safetensors"
+    previous: dict = {}  # the manifest entry being refreshed (register-only keeps its training facts)
     if args.register_only:
         meta = read_meta(checkpoint)
-        previous = bundled_models()["models"].get(args.name, {})
-        seconds, val_metrics = previous.get("train_seconds"), meta.get("validation_metrics", {})
+        manifest = args.weights_dir / "manifest.json"
+        previous = json.loads(manifest.read_text())["models"].get(args.name, {}) if manifest.is_file() else {}
+        seconds = meta.get("train_seconds", previous.get("train_seconds"))
+        val_metrics = meta.get("validation_metrics", {})
     else:
         preprocess = PreprocessConfig.from_dict(cv_config.get("preprocess", {}))
         data = load_cohort(DEV_SET, preprocess=preprocess, workers=args.workers, progress=False)
@@ -58,6 +61,7 @@ def main() -> None:
         overrides, seeds = method.get("model_overrides"), method.get("seeds", 1)
         result = train_brain_age(data, checkpoint, method["model_name"], overrides, train, seeds=seeds)
         seconds, meta, val_metrics = round(time.perf_counter() - start, 1), result.meta, result.val_metrics
+    this_command = "python " + " ".join(shlex.quote(a) for a in ["pipelines/default_model/run.py", *sys.argv[1:]])
     cv = {}
     if args.cv_results.is_file():
         report = json.loads(args.cv_results.read_text())
@@ -81,7 +85,7 @@ def main() -> None:
         "validation_metrics": val_metrics,
         "cross_validated_metrics": cv,
         "train_seconds": seconds,
-        "command": "python " + " ".join(shlex.quote(a) for a in ["pipelines/default_model/run.py", *sys.argv[1:]]),
+        "command": previous.get("command", this_command),
     }
     register_bundled_model(checkpoint, args.name, details, default=True, weights_dir=args.weights_dir)
     print(json.dumps({"checkpoint": str(checkpoint), "train_seconds": seconds, **val_metrics}))
