@@ -97,7 +97,7 @@ def test_tiny_run_on_real_scans_lowers_the_training_loss(real_scans):
     torch.manual_seed(0)
     model = create_model("ermoe_ba_tiny")
     cfg = TrainConfig(
-        epochs=15,
+        epochs=25,
         batch_size=4,
         lr=2e-3,
         warmup_epochs=2,
