@@ -4,7 +4,9 @@
 
 Recipe: the ``ermoe`` method of ``pipelines/brain_age_cv/config.json`` (the one whose
 cross-validated figures the manifest quotes from ``bench/results/brain_age_cv.json``),
-including its seed ensemble (``seeds``): the checkpoint holds every member.
+including its seed ensemble (``seeds``): the checkpoint holds every member. Check a new model
+with ``pytest -m slow tests/inference/test_bundled_model.py`` before committing it: the v2
+ensemble was not shipped because it failed the re-encoding check there (README, "The model").
 Training data: the IXI-HH development set; the weights are therefore CC BY-SA 3.0.
 """
 
