@@ -73,6 +73,9 @@ class ModelConfig:
     num_outputs
         Size of the head: 1 for regression, the number of classes for classification, 0 for
         no head (``pre_logits``).
+    disjoint_bases
+        ERMoE: keep the experts' input bases mutually orthogonal (blocks of one orthonormal
+        matrix), so a token's squared scores sum to at most 1 and experts compete for directions.
     score
         ERMoE routing score: ``"subspace"`` (``||V_eᵀx|| / ||x||``, the default) or ``"context"``
         (cosine of ``V_eᵀx`` and ``V_eᵀc``, ``c`` the token's attention output in its block).
@@ -100,6 +103,7 @@ class ModelConfig:
     num_experts: int = 8
     top_k: int = 2
     expert_rank: int | None = None
+    disjoint_bases: bool = False
     expert_hidden: int | None = None
     route_threshold: float | None = None
     balance_loss_weight: float = 0.01

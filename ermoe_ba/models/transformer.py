@@ -63,6 +63,7 @@ def moe_layer_factory(config: ModelConfig):
             dispatch=config.dispatch,
             act_layer=act_layer,
             score=config.score,
+            disjoint_bases=config.disjoint_bases and router == "ermoe",
             drop=drop,
         )
 
