@@ -40,7 +40,18 @@ def test_shipped_pipeline_config_builds_every_method():
         (Path(__file__).resolve().parents[2] / "pipelines" / "brain_age_cv" / "config.json").read_text()
     )
     methods = [method_from_dict(m) for m in config["methods"]]
-    assert [m.name for m in methods] == ["ermoe", "softmax", "softmax_lbl", "dense", "sfcn", "pca_ridge"]
-    routers = [m.model_overrides.get("router") for m in methods if isinstance(m, DeepMethod)]
-    assert routers == ["ermoe", "softmax", "softmax+lbl", "dense", None]
+    names = ["ermoe", "ermoe_disjoint", "softmax", "softmax_lbl", "dense", "sfcn", "pca_ridge"]
+    assert [m.name for m in methods] == names
+    deep = [m for m in methods if isinstance(m, DeepMethod)]
+    assert [m.model_overrides.get("router") for m in deep] == [
+        "ermoe",
+        "ermoe",
+        "softmax",
+        "softmax+lbl",
+        "dense",
+        None,
+    ]
+    trunks = [m for m in deep if m.model_name == "ermoe_ba_tiny"]
+    assert len({m.model_overrides.get("input_pool") for m in trunks}) == 1  # one trunk for every router
+    assert len({(m.seeds, m.train.epochs, m.train.ema_decay) for m in deep}) == 1  # one recipe
     assert isinstance(methods[-1], ClassicalMethod) and methods[-1].factor == 3
