@@ -30,7 +30,7 @@ from ermoe_ba.layers.losses import orthogonality_penalty, router_z_loss, switch_
 from ermoe_ba.layers.mlp import Mlp
 from ermoe_ba.layers.moe import ROUTERS, MoELayer
 from ermoe_ba.layers.outputs import MoEOutput, RoutingInfo
-from ermoe_ba.layers.patch_embed import PatchEmbed
+from ermoe_ba.layers.patch_embed import PatchEmbed, spatial_tuple
 from ermoe_ba.layers.routers import (
     EIGEN_GATES,
     EIGEN_SCORES,
@@ -81,6 +81,7 @@ __all__ = [
     "register_dispatch",
     "router_z_loss",
     "sorted_dispatch",
+    "spatial_tuple",
     "switch_balance_loss",
     "token_norms",
 ]

@@ -106,13 +106,13 @@ class _AtOrthonormalPoint(torch.autograd.Function):
         return grad - basis @ (h.triu() + h.triu(1).mT)
 
 
+def _tolerance(dtype: torch.dtype) -> float:
+    return ORTHONORMAL_TOL * torch.finfo(dtype).eps
+
+
 def _is_orthonormal(basis: torch.Tensor) -> bool:
     with torch.no_grad():
-        return _gram_error(basis) <= ORTHONORMAL_TOL * torch.finfo(basis.dtype).eps
-
-
-def _gram_error(basis: torch.Tensor) -> float:
-    return _deviation(basis.mT @ basis)
+        return _deviation(basis.mT @ basis) <= _tolerance(basis.dtype)
 
 
 def _deviation(gram: torch.Tensor) -> float:
@@ -140,7 +140,7 @@ def orthonormal_factor(matrix: torch.Tensor) -> torch.Tensor | None:
     >>> orthonormal_factor(qr_retract(b)) is None
     True
     """
-    tol = ORTHONORMAL_TOL * torch.finfo(matrix.dtype).eps
+    tol = _tolerance(matrix.dtype)
     gram = matrix.mT @ matrix
     error = _deviation(gram)
     if error <= tol:

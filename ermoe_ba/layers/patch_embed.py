@@ -11,10 +11,11 @@ from torch import nn
 
 from ermoe_ba.layers._checks import check_positive_int
 
-__all__ = ["PatchEmbed"]
+__all__ = ["PatchEmbed", "spatial_tuple"]
 
 
-def _as_tuple(name: str, value: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+def spatial_tuple(name: str, value: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    """``value`` as one positive int per spatial axis (an int is repeated); errors name ``name``."""
     values = (value,) * spatial_dims if isinstance(value, int) else tuple(int(v) for v in value)
     if len(values) != spatial_dims:
         raise ValueError(f"{name}={value!r} has {len(values)} entries, expected spatial_dims={spatial_dims}.")
@@ -62,8 +63,8 @@ class PatchEmbed(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        self.img_size = _as_tuple("img_size", img_size, spatial_dims)
-        self.patch_size = _as_tuple("patch_size", patch_size, spatial_dims)
+        self.img_size = spatial_tuple("img_size", img_size, spatial_dims)
+        self.patch_size = spatial_tuple("patch_size", patch_size, spatial_dims)
         bad = [(i, p) for i, p in zip(self.img_size, self.patch_size, strict=True) if i % p]
         if bad:
             raise ValueError(

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ermoe_ba.layers import Block, ConvStemEmbed, Mlp, MoELayer, PatchEmbed, equal_active_hidden
+from ermoe_ba.layers import Block, ConvStemEmbed, Mlp, MoELayer, PatchEmbed, equal_active_hidden, spatial_tuple
 from ermoe_ba.models.config import ModelConfig
 from ermoe_ba.routing.trace import LayerTrace, RoutingTrace
 
@@ -172,9 +172,8 @@ class MoETransformer(nn.Module):
 
 def _pooled_geometry(config: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Image and patch size after ``input_pool``; both must divide by it exactly."""
-    dims = config.spatial_dims
-    img = tuple(config.img_size)
-    patch = (config.patch_size,) * dims if isinstance(config.patch_size, int) else tuple(config.patch_size)
+    img = spatial_tuple("img_size", config.img_size, config.spatial_dims)
+    patch = spatial_tuple("patch_size", config.patch_size, config.spatial_dims)
     pool = config.input_pool
     if any(v % pool for v in (*img, *patch)):
         raise ValueError(

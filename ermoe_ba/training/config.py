@@ -9,7 +9,7 @@ from typing import Any
 from ermoe_ba.models.config import check_choice
 from ermoe_ba.training.augment import AugmentConfig
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "member_configs"]
 
 
 @dataclass
@@ -88,3 +88,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
+
+
+def member_configs(config: TrainConfig, seeds: int) -> list[TrainConfig]:
+    """The recipe of each member of a seed ensemble: ``config`` with seed ``config.seed + 1000 * j``.
+
+    Member 0 is ``config`` itself, so a one-member ensemble is the plain training.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds} must be >= 1")
+    return [dataclasses.replace(config, seed=config.seed + 1000 * j) for j in range(seeds)]

@@ -8,6 +8,7 @@ gradient steps); the classical baseline on inner-CV predictions of its training 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from ermoe_ba.training.classical import PcaRidgeBrainAge
-from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.config import TrainConfig, member_configs
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.loop import fit, predict
 from ermoe_ba.training.splits import FoldSplit
@@ -87,7 +88,8 @@ class DeepMethod:
 
     def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
         """Train on ``split.train`` (early stopping on ``split.val``), predict val and test."""
-        members = [self._fit_member(data, split, self.train.seed + split.fold + 1000 * j) for j in range(self.seeds)]
+        fold_recipe = dataclasses.replace(self.train, seed=self.train.seed + split.fold)
+        members = [self._fit_member(data, split, cfg) for cfg in member_configs(fold_recipe, self.seeds)]
         val_pred = np.mean([m["val_pred"] for m in members], axis=0)
         test_pred = np.mean([m["test_pred"] for m in members], axis=0)
         first = members[0]["info"]
@@ -101,10 +103,9 @@ class DeepMethod:
             ]
         return FoldPrediction(split.val, val_pred, test_pred, info)
 
-    def _fit_member(self, data: VolumeSet, split: FoldSplit, seed: int) -> dict[str, Any]:
+    def _fit_member(self, data: VolumeSet, split: FoldSplit, cfg: TrainConfig) -> dict[str, Any]:
         from ermoe_ba.routing.metrics import load_metrics
 
-        cfg = TrainConfig.from_dict({**self.train.to_dict(), "seed": seed})
         model = self.build(data, cfg.seed)
         vol, ages = data.volumes, data.ages
         result = fit(model, vol[split.train], ages[split.train], vol[split.val], ages[split.val], cfg)
@@ -119,7 +120,7 @@ class DeepMethod:
         if trace is not None:
             load = {str(i): load_metrics(layer.top_k_index, layer.num_experts) for i, layer in trace.layers.items()}
         info = {
-            "seed": seed,
+            "seed": cfg.seed,
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "best_val_mae": result.best_val_mae,

@@ -15,7 +15,7 @@ import numpy as np
 
 from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.checkpoint import build_meta, save_checkpoint
-from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.config import TrainConfig, member_configs
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.distributed import barrier, is_main_process
 from ermoe_ba.training.loop import FitResult, fit, predict
@@ -83,12 +83,10 @@ def train_brain_age(
     overrides = dict(model_overrides or {})
     data = data.with_age()
     train_idx, val_idx = train_val_split(data.ages, data.subject_ids, val_fraction=val_fraction, seed=cfg.seed)
-    if seeds < 1:
-        raise ValueError(f"seeds={seeds} must be >= 1")
+    recipes = member_configs(cfg, seeds)
     vol, ages = data.volumes, data.ages
     members, results = [], []
-    for j in range(seeds):
-        member_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": cfg.seed + 1000 * j})
+    for member_cfg in recipes:
         torch.manual_seed(member_cfg.seed)
         members.append(create_model(model_name, preprocess=data.preprocess, **overrides))
         results.append(fit(members[-1], vol[train_idx], ages[train_idx], vol[val_idx], ages[val_idx], member_cfg))
@@ -125,11 +123,7 @@ def train_brain_age(
             "validation_metrics": val_metrics,
             "train_seconds": round(sum(r.seconds for r in results), 1),
             "history": result.history,
-            **(
-                {"ensemble_size": seeds, "member_seeds": [cfg.seed + 1000 * j for j in range(seeds)]}
-                if seeds > 1
-                else {}
-            ),
+            **({"ensemble_size": seeds, "member_seeds": [r.seed for r in recipes]} if seeds > 1 else {}),
         },
     )
     path = None
