@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 EIGEN_GATES = ("normalize", "softmax")
-EIGEN_SCORES = ("subspace", "context")
+EIGEN_SCORES = ("subspace", "context", "centered")
 _EPS = 1e-12  # float32 norms below this count as a zero token
 
 
@@ -97,6 +97,9 @@ class EigenbasisRouter(nn.Module):
         ``V_eᵀ x`` and ``V_eᵀ c`` for the token's attention context ``c``, clipped to [0, 1]
         (0 when either projection is zero); experts are ranked by the unclipped cosine, so a
         token whose cosines are all negative still gets its ``k`` least opposed experts.
+        ``"centered"``: the subspace score of the token's deviation from the layer's running
+        token mean ``m``, ``||V_eᵀ(x - m)|| / ||x - m||``; the router scores whatever centred
+        projection and norm it is given (:class:`~ermoe_ba.layers.moe.MoELayer` keeps ``m``).
 
     Examples
     --------
@@ -132,7 +135,7 @@ class EigenbasisRouter(nn.Module):
     @property
     def needs_token_norm_gradient(self) -> bool:
         """Whether the gates depend on ``||x||`` (only the softmax gate of the subspace score)."""
-        return self.gate == "softmax" and self.score == "subspace"
+        return self.gate == "softmax" and self.score != "context"
 
     def _check_context(self, context_projection: torch.Tensor | None, projection: torch.Tensor) -> None:
         if self.score == "context" and (context_projection is None or context_projection.shape != projection.shape):
@@ -169,8 +172,8 @@ class EigenbasisRouter(nn.Module):
         """Gates ``(n, k)`` from the selected experts' :meth:`scores` and ranking keys."""
         if self.gate == "softmax":
             return torch.softmax(scores / self.temperature, dim=-1)
-        # subspace: ||V_e^T x|| / sum (independent of ||x||); context: the clipped cosines
-        selected = ranking if self.score == "subspace" else scores
+        # subspace / centered: ||V_e^T x|| / sum (independent of ||x||); context: the clipped cosines
+        selected = scores if self.score == "context" else ranking
         total = selected.sum(-1, keepdim=True)
         return torch.where(total > 0, selected / total.clamp_min(_EPS), torch.full_like(selected, 1.0 / self.top_k))
 

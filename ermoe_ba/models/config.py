@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ermoe_ba.layers.routers import EIGEN_SCORES
+
 __all__ = ["ROUTERS", "ModelConfig", "PreprocessConfig", "check_choice"]
 
 ROUTERS = ("ermoe", "softmax", "softmax+lbl", "dense")
@@ -78,8 +80,9 @@ class ModelConfig:
         matrix), so a token's squared scores sum to at most 1 and experts compete for directions.
     score
         ERMoE routing score: ``"subspace"`` (``||V_eᵀx|| / ||x||``, the default) or ``"context"``
-        (cosine of ``V_eᵀx`` and ``V_eᵀc``, ``c`` the token's attention output in its block).
-        Ignored by the other routers.
+        (cosine of ``V_eᵀx`` and ``V_eᵀc``, ``c`` the token's attention output in its block) or
+        ``"centered"`` (``||V_eᵀ(x - m)|| / ||x - m||``, ``m`` the layer's running token mean; see
+        :class:`~ermoe_ba.layers.moe.MoELayer`). Ignored by the other routers.
     """
 
     input_type: str = "image"
@@ -117,7 +120,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_choice("input_type", self.input_type, ("image", "tokens"))
-        check_choice("score", self.score, ("subspace", "context"))
+        check_choice("score", self.score, EIGEN_SCORES)
         check_choice("router", self.router, ROUTERS)
         check_choice("pool", self.pool, ("mean", "cls"))
         check_choice("stem", self.stem, ("linear", "conv"))

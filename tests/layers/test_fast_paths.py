@@ -56,7 +56,14 @@ def test_routed_projection_backward_equals_autograd_through_the_selected_blocks(
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"gate": "softmax", "temperature": 0.5}, {"route_threshold": 0.4}, {"capacity_factor": 0.6}],
+    [
+        {},
+        {"gate": "softmax", "temperature": 0.5},
+        {"route_threshold": 0.4},
+        {"capacity_factor": 0.6},
+        {"score": "centered"},
+        {"score": "centered", "gate": "softmax"},
+    ],
 )
 def test_fast_ermoe_path_equals_the_eager_reference_after_an_optimizer_step(kwargs, monkeypatch):
     """Reference: eager dispatch, plain autograd projection, real QR; fast: sorted, routed, no QR."""
