@@ -134,7 +134,7 @@ class EigenbasisRouter(nn.Module):
 
     @property
     def needs_token_norm_gradient(self) -> bool:
-        """Whether the gates depend on ``||x||`` (only the softmax gate of the subspace score)."""
+        """Whether the gates depend on ``||x||`` (only the softmax gate of the subspace and centred scores)."""
         return self.gate == "softmax" and self.score != "context"
 
     def _check_context(self, context_projection: torch.Tensor | None, projection: torch.Tensor) -> None:
