@@ -71,11 +71,11 @@ class MoELayer(nn.Module):
         mean of the layer's input tokens (buffer ``token_mean``, updated by every training forward
         with weight ``CENTER_MOMENTUM``, like BatchNorm's running mean, and fixed in eval mode).
         Tokens of one image share a large common component (after the pre-norm it carried 41-57 %
-        of the token energy in the bundled model), and the plain score routes that component, so
-        the experts aligned with it take most tokens; the centred score routes what sets a token
-        apart. The layer projects ``x - m`` once and the experts read ``V_eᵀ(x - m) + V_eᵀ m = V_eᵀ x``,
-        so it still computes one projection for router and experts. See
-        :class:`~ermoe_ba.layers.routers.EigenbasisRouter`.
+        of the token energy in the bundled model); the centred score routes what sets a token
+        apart instead. On the brain-age CV (README) it neither flattened the load nor helped
+        accuracy, so it is an option, not the default. The layer projects ``x - m`` once and the
+        experts read ``V_eᵀ(x - m) + V_eᵀ m = V_eᵀ x``, so router and experts still share one
+        projection. See :class:`~ermoe_ba.layers.routers.EigenbasisRouter`.
     orthogonalization
         ``"qr"`` or ``"parametrization"`` (see :mod:`ermoe_ba.layers.eigen_experts`).
     drop
