@@ -246,7 +246,7 @@ class MoELayer(nn.Module):
     def _running_token_mean(self, tokens: torch.Tensor) -> torch.Tensor:
         """``token_mean`` ``(d,)``, first moved towards this batch's mean when training."""
         if self.training and tokens.shape[0]:
-            batch_mean = tokens.detach().to(self.token_mean.dtype).mean(0)
+            batch_mean = tokens.detach().mean(0, dtype=self.token_mean.dtype)  # no float32 copy of bf16 tokens
             self.token_mean.lerp_(batch_mean, CENTER_MOMENTUM)
         return self.token_mean.to(tokens.dtype)
 
