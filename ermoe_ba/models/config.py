@@ -13,9 +13,10 @@ from typing import Any
 
 from ermoe_ba.layers.routers import EIGEN_SCORES
 
-__all__ = ["ROUTERS", "ModelConfig", "PreprocessConfig", "check_choice"]
+__all__ = ["POOLS", "ROUTERS", "ModelConfig", "PreprocessConfig", "check_choice"]
 
 ROUTERS = ("ermoe", "softmax", "softmax+lbl", "dense")
+POOLS = ("mean", "cls", "flatten")
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
@@ -72,6 +73,11 @@ class ModelConfig:
         Average-pool image inputs by this factor before the patch embedding; ``patch_size``
         still counts input voxels, so the token grid is unchanged. ``2`` trains on 4 mm from
         the 2 mm conformed volumes every method shares (about 5x cheaper with the conv stem).
+    pool
+        How the head reads the tokens: ``"mean"`` of the patch tokens, a ``"cls"`` token, or
+        ``"flatten"``: all patch tokens concatenated, so the linear head has its own weights for
+        every position (a position-aware linear readout, like a ridge model on token features;
+        the head then has ``num_tokens · embed_dim`` inputs).
     num_outputs
         Size of the head: 1 for regression, the number of classes for classification, 0 for
         no head (``pre_logits``).
@@ -122,7 +128,7 @@ class ModelConfig:
         check_choice("input_type", self.input_type, ("image", "tokens"))
         check_choice("score", self.score, EIGEN_SCORES)
         check_choice("router", self.router, ROUTERS)
-        check_choice("pool", self.pool, ("mean", "cls"))
+        check_choice("pool", self.pool, POOLS)
         check_choice("stem", self.stem, ("linear", "conv"))
         if self.input_type == "image" and self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3 for images, got {self.spatial_dims}")

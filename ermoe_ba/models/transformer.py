@@ -131,7 +131,8 @@ class MoETransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.head_drop = nn.Dropout(config.drop_rate)
-        self.head = nn.Linear(dim, config.num_outputs) if config.num_outputs > 0 else nn.Identity()
+        head_width = dim * num_tokens if config.pool == "flatten" else dim
+        self.head = nn.Linear(head_width, config.num_outputs) if config.num_outputs > 0 else nn.Identity()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -153,10 +154,11 @@ class MoETransformer(nn.Module):
         return TrunkOutput(self.norm(tokens), aux_loss, trace)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(b, n, d) -> (b, d)``: the CLS token or the mean of the patch tokens."""
+        """``(b, n, d) -> (b, d)``: the CLS token or the mean of the patch tokens (``(b, n·d)`` for ``"flatten"``)."""
         if self.config.pool == "cls":
             return tokens[:, 0]
-        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        patches = tokens[:, self.num_prefix_tokens :]
+        return patches.flatten(1) if self.config.pool == "flatten" else patches.mean(dim=1)
 
     def forward_head(self, pooled: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Apply the head to pooled features; ``pre_logits=True`` returns the features."""
