@@ -29,7 +29,11 @@ class TrainConfig:
         Linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at the last epoch.
     patience
         Early stopping: stop after this many epochs without a better validation MAE (0 = off).
-        The weights of the best epoch are kept.
+    keep
+        Which weights training returns: ``"best"``, those of the epoch with the best validation
+        MAE (early stopping's choice), or ``"last"``, those of the last epoch run, with the
+        validation scans only monitored (on ~15 validation scans the best epoch is itself
+        a noisy pick). Without validation scans the last epoch is kept either way.
     grad_clip
         Maximum gradient norm (0 = no clipping).
     ema_decay
@@ -57,6 +61,7 @@ class TrainConfig:
     warmup_epochs: int = 5
     min_lr_ratio: float = 0.01
     patience: int = 20
+    keep: str = "best"
     grad_clip: float = 1.0
     ema_decay: float = 0.0
     loss: str = "l1"
@@ -70,6 +75,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, ("l1", "mse"))
+        check_choice("keep", self.keep, ("best", "last"))
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**self.augment)

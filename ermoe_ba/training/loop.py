@@ -48,7 +48,11 @@ class TargetScaler:
 
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit`; the model holds the weights of ``best_epoch``."""
+    """Outcome of :func:`fit`; the model holds the weights of ``best_epoch``.
+
+    ``best_epoch`` and ``best_val_mae`` describe the kept weights: the best validation epoch, or
+    the last epoch with ``TrainConfig.keep="last"``.
+    """
 
     model: nn.Module
     scaler: TargetScaler
@@ -256,8 +260,9 @@ def fit(
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_mae")})
         if cfg.patience and since_best >= cfg.patience:
             break
-    if best_state is None:  # no validation: keep the last epoch (its weight average with EMA)
+    if best_state is None or cfg.keep == "last":  # the last epoch (its weight average with EMA)
         result.best_epoch = len(result.history) - 1
+        result.best_val_mae = result.history[-1].get("val_mae", float("nan"))
         best_state = ema.module.state_dict() if ema is not None else None
     if best_state is not None:
         model.load_state_dict(best_state)

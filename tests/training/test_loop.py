@@ -92,6 +92,24 @@ def test_early_stopping_stops_after_patience(synthetic):
     assert len(result.history) == 4 and result.best_epoch == 0  # lr 0: no epoch improves on the first
 
 
+def test_keep_last_returns_the_last_epoch_whatever_validation_says(synthetic):
+    tr, va = np.setdiff1d(np.arange(24), np.arange(1, 24, 3)), np.arange(1, 24, 3)
+    cfg = TrainConfig(epochs=8, batch_size=4, lr=3e-3, warmup_epochs=1, patience=0, augment=AugmentConfig(kind="none"))
+    results = {}
+    for keep in ("best", "last"):
+        model = small_sfcn()  # same seed and data: both runs follow the same trajectory
+        config = TrainConfig(**{**cfg.to_dict(), "keep": keep, **QUIET})
+        result = fit(model, synthetic.volumes[tr], synthetic.ages[tr], synthetic.volumes[va], synthetic.ages[va], config)
+        pred, _ = predict(model, synthetic.volumes[va], result.scaler)
+        results[keep] = (result, np.abs(pred - synthetic.ages[va]).mean())
+    (best, best_mae), (last, last_mae) = results["best"], results["last"]
+    assert [h["val_mae"] for h in best.history] == pytest.approx([h["val_mae"] for h in last.history])
+    assert last.best_epoch == 7 and last_mae == pytest.approx(last.history[-1]["val_mae"], rel=1e-4)
+    assert best_mae == pytest.approx(min(h["val_mae"] for h in best.history), rel=1e-4)
+    with pytest.raises(ValueError, match="keep"):
+        TrainConfig(keep="median")
+
+
 @pytest.mark.slow
 def test_tiny_run_on_real_scans_lowers_the_training_loss(real_scans):
     torch.manual_seed(0)
