@@ -77,7 +77,9 @@ class ModelConfig:
         How the head reads the tokens: ``"mean"`` of the patch tokens, a ``"cls"`` token, or
         ``"flatten"``: all patch tokens concatenated, so the linear head has its own weights for
         every position (a position-aware linear readout, like a ridge model on token features;
-        the head then has ``num_tokens · embed_dim`` inputs).
+        the head then has ``num_tokens · embed_dim`` inputs). Measured on the IXI development
+        set it did not improve ERMoE-ba and its routing collapsed onto one or two experts
+        (``bench/results/probes/README.md``), so brain-age models keep ``"mean"``.
     num_outputs
         Size of the head: 1 for regression, the number of classes for classification, 0 for
         no head (``pre_logits``).
