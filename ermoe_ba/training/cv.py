@@ -21,7 +21,7 @@ import numpy as np
 from ermoe_ba.atomic import write_json_atomic
 from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.data import VolumeSet
-from ermoe_ba.training.methods import Method
+from ermoe_ba.training.methods import Method, settings_defaults
 from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
 from ermoe_ba.training.splits import FoldSplit
 
@@ -91,7 +91,7 @@ def cross_validate(
             path = out_dir / method.name / f"fold{split.fold}.json"
             if resume and path.is_file():
                 done = json.loads(path.read_text())
-                if same_settings(done.get("settings"), method.describe()):
+                if same_settings(done.get("settings"), method.describe(), settings_defaults(method)):
                     results[method.name].append(done)
                     continue
                 log.warning("%s was made with other settings; running it again", path)
@@ -111,12 +111,38 @@ def cross_validate(
     return results
 
 
-def same_settings(stored: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+def same_settings(
+    stored: dict[str, Any] | None, current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> bool:
     """Whether a finished fold was made with the method's current settings (JSON round trip).
 
-    A fold written without settings cannot be shown to match, so it is run again.
+    A fold written without settings cannot be shown to match, so it is run again. A key that
+    ``stored`` lacks and ``defaults`` has (at any depth) reads as that default: an option added
+    after the fold was written, whose default is the behaviour the fold was made with.
+
+    Examples
+    --------
+    >>> same_settings({"train": {"lr": 1}}, {"train": {"lr": 1, "keep": "best"}}, {"train": {"keep": "best"}})
+    True
+    >>> same_settings({"train": {"lr": 1}}, {"train": {"lr": 1, "keep": "last"}}, {"train": {"keep": "best"}})
+    False
     """
-    return stored is not None and stored == json.loads(json.dumps(current))
+    if stored is None:
+        return False
+    if defaults:
+        stored = _with_missing(stored, json.loads(json.dumps(defaults)))
+    return stored == json.loads(json.dumps(current))
+
+
+def _with_missing(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with the keys of ``defaults`` it lacks filled in, recursively."""
+    out = dict(stored)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = _with_missing(out[key], value)
+    return out
 
 
 def _load_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -52,6 +52,12 @@ class Method(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+def settings_defaults(method: Method) -> dict[str, Any]:
+    """What a setting missing from an older results file stood for: for deep methods, the
+    default recipe (an option added later defaults to the behaviour that came before it)."""
+    return {"train": TrainConfig().to_dict()} if isinstance(method, DeepMethod) else {}
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     """Total parameters and parameters one token touches (router, bases and ``top_k`` experts)."""
     from ermoe_ba.layers import active_parameter_count

@@ -97,6 +97,21 @@ def test_changed_settings_rerun_a_finished_fold(tmp_path, synthetic, folds):
     assert method.calls == [0, 0]
 
 
+def test_fold_from_before_an_option_existed_is_reused_only_at_that_options_default(tmp_path, synthetic, folds):
+    train = TrainConfig(epochs=1, batch_size=4, augment=AugmentConfig(kind="none"), progress=False, device="cpu")
+    method = DeepMethod("old_recipe", "sfcn_tiny", {"channels": (4, 8)}, train)
+    first = cross_validate([method], synthetic, folds[:1], tmp_path)["old_recipe"][0]
+    path = tmp_path / "old_recipe" / "fold0.json"
+    stored = json.loads(path.read_text())
+    del stored["settings"]["train"]["keep"]  # as written before TrainConfig.keep was added
+    path.write_text(json.dumps(stored))
+    again = cross_validate([method], synthetic, folds[:1], tmp_path)["old_recipe"][0]
+    assert again["seconds"] == first["seconds"]  # reused, not retrained
+    method.train = TrainConfig(**{**train.to_dict(), "keep": "last"})
+    rerun = cross_validate([method], synthetic, folds[:1], tmp_path)["old_recipe"][0]
+    assert rerun["settings"]["train"]["keep"] == "last" and rerun["seconds"] != first["seconds"]
+
+
 def test_seed_ensemble_averages_its_members(tmp_path, synthetic, folds):
     recipe = TrainConfig(epochs=2, batch_size=8, progress=False, num_threads=1, augment=AugmentConfig(kind="none"))
     tiny = {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "depth": 2}

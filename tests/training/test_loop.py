@@ -99,8 +99,9 @@ def test_keep_last_returns_the_last_epoch_whatever_validation_says(synthetic):
     for keep in ("best", "last"):
         model = small_sfcn()  # same seed and data: both runs follow the same trajectory
         config = TrainConfig(**{**cfg.to_dict(), "keep": keep, **QUIET})
-        result = fit(model, synthetic.volumes[tr], synthetic.ages[tr], synthetic.volumes[va], synthetic.ages[va], config)
-        pred, _ = predict(model, synthetic.volumes[va], result.scaler)
+        val_volumes, val_ages = synthetic.volumes[va], synthetic.ages[va]
+        result = fit(model, synthetic.volumes[tr], synthetic.ages[tr], val_volumes, val_ages, config)
+        pred, _ = predict(model, val_volumes, result.scaler)
         results[keep] = (result, np.abs(pred - synthetic.ages[va]).mean())
     (best, best_mae), (last, last_mae) = results["best"], results["last"]
     assert [h["val_mae"] for h in best.history] == pytest.approx([h["val_mae"] for h in last.history])
