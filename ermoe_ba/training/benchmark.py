@@ -18,8 +18,8 @@ import numpy as np
 from ermoe_ba.atomic import write_json_atomic
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.config import TrainConfig
-from ermoe_ba.training.cv import cross_validate, same_settings, summarize
-from ermoe_ba.training.methods import method_from_dict, settings_defaults
+from ermoe_ba.training.cv import cross_validate, made_with_current_settings, summarize
+from ermoe_ba.training.methods import method_from_dict
 from ermoe_ba.training.splits import cv_splits
 
 __all__ = ["compare_to_reference", "cross_validate_finished", "load_pipeline_config", "run_cv_pipeline"]
@@ -135,6 +135,5 @@ def cross_validate_finished(methods: list, out_dir: Path, n_folds: int) -> dict[
     for method in methods:
         files = [out_dir / method.name / f"fold{k}.json" for k in range(n_folds)]
         done = [json.loads(f.read_text()) for f in files if f.is_file()]
-        defaults = settings_defaults(method)
-        out[method.name] = [d for d in done if same_settings(d.get("settings"), method.describe(), defaults)]
+        out[method.name] = [d for d in done if made_with_current_settings(d, method)]
     return out

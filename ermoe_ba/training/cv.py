@@ -25,7 +25,7 @@ from ermoe_ba.training.methods import Method, settings_defaults
 from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
 from ermoe_ba.training.splits import FoldSplit
 
-__all__ = ["cross_validate", "run_fold", "same_settings", "summarize"]
+__all__ = ["cross_validate", "made_with_current_settings", "run_fold", "same_settings", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def cross_validate(
             path = out_dir / method.name / f"fold{split.fold}.json"
             if resume and path.is_file():
                 done = json.loads(path.read_text())
-                if same_settings(done.get("settings"), method.describe(), settings_defaults(method)):
+                if made_with_current_settings(done, method):
                     results[method.name].append(done)
                     continue
                 log.warning("%s was made with other settings; running it again", path)
@@ -132,6 +132,11 @@ def same_settings(
     if defaults:
         stored = _with_missing(stored, json.loads(json.dumps(defaults)))
     return stored == json.loads(json.dumps(current))
+
+
+def made_with_current_settings(result: dict[str, Any], method: Method) -> bool:
+    """Whether a fold result on disk was made with ``method``'s current settings (see :func:`same_settings`)."""
+    return same_settings(result.get("settings"), method.describe(), settings_defaults(method))
 
 
 def _with_missing(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -53,8 +53,11 @@ class Method(Protocol):
 
 
 def settings_defaults(method: Method) -> dict[str, Any]:
-    """What a setting missing from an older results file stood for: for deep methods, the
-    default recipe (an option added later defaults to the behaviour that came before it)."""
+    """What a setting missing from an older results file stood for (deep methods: the default recipe).
+
+    An option added to :class:`TrainConfig` defaults to the behaviour that came before it, so a
+    fold written before the option existed was made with that default.
+    """
     return {"train": TrainConfig().to_dict()} if isinstance(method, DeepMethod) else {}
 
 
