@@ -253,14 +253,15 @@ def fit(
             record["val_mae"] = float(np.abs(pred - np.asarray(val_ages)).mean())
             if not record["val_mae"] >= result.best_val_mae:  # also true while best is NaN
                 result.best_val_mae, result.best_epoch, since_best = record["val_mae"], epoch, 0
-                best_state = copy.deepcopy(scored.state_dict())
+                if cfg.keep == "best":
+                    best_state = copy.deepcopy(scored.state_dict())
             else:
                 since_best += 1
         result.history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_mae")})
         if cfg.patience and since_best >= cfg.patience:
             break
-    if best_state is None or cfg.keep == "last":  # the last epoch (its weight average with EMA)
+    if best_state is None:  # keep="last" or no validation: the last epoch (its weight average with EMA)
         result.best_epoch = len(result.history) - 1
         result.best_val_mae = result.history[-1].get("val_mae", float("nan"))
         best_state = ema.module.state_dict() if ema is not None else None

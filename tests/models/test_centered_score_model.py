@@ -1,3 +1,5 @@
+"""``score="centered"`` in a whole model: running token means are learnt and saved with the weights."""
+
 from __future__ import annotations
 
 import torch
