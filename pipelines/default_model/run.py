@@ -1,12 +1,15 @@
 """Train the bundled default model on every development scan and register it in the package.
 
-    python pipelines/default_model/run.py            # ~10 min on one CPU core
+    python pipelines/default_model/run.py [--cv-config CONFIG --cv-results REPORT --method NAME]
 
-Recipe: the ``ermoe`` method of ``pipelines/brain_age_cv/config.json`` (the one whose
-cross-validated figures the manifest quotes from ``bench/results/brain_age_cv.json``),
-including its seed ensemble (``seeds``): the checkpoint holds every member. Check a new model
-with ``pytest -m slow tests/inference/test_bundled_model.py`` before committing it: the v2
-ensemble was not shipped because it failed the re-encoding check there (README, "The model").
+Recipe: method ``--method`` of the CV config ``--cv-config`` (default: ``ermoe`` of
+``pipelines/brain_age_cv/config.json``), including its seed ensemble (``seeds``: the checkpoint
+holds every member); the manifest quotes that method's cross-validated figures from
+``--cv-results`` and records the command. The shipped model (v3) is ``ermoe_150`` of
+``bench/results/probes/long_training/config.json`` (one ERMoE-ba at 4 mm, 150 epochs, last
+epoch kept; 16 min on one CPU core). Check a new model with
+``pytest -m slow tests/inference/test_bundled_model.py`` before committing it: the v2 ensemble
+was not shipped because it failed the re-encoding check there (README, "The model").
 Training data: the IXI-HH development set; the weights are therefore CC BY-SA 3.0.
 """
 
