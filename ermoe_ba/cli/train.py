@@ -47,6 +47,13 @@ def train(
     lr: float = typer.Option(1e-3, "--lr"),
     weight_decay: float = typer.Option(0.05, "--weight-decay"),
     patience: int = typer.Option(20, "--patience", min=0, help="Early-stopping patience in epochs (0: off)."),
+    keep: str = typer.Option(
+        "best",
+        "--keep",
+        help="Weights to keep: 'best' (best validation epoch, with early stopping) or 'last' (train all "
+        "--epochs, early stopping off; validation only calibrates the bias correction; the bundled v3 "
+        "recipe is --keep last --epochs 150).",
+    ),
     val_fraction: float = typer.Option(0.15, "--val-fraction", help="Subjects held out for early stopping."),
     augment: str = typer.Option("fast", "--augment", help="fast, monai or none."),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Weight EMA decay per step (0: off)."),
@@ -78,7 +85,8 @@ def train(
         if router is not None:
             model_overrides["router"] = router
         config = TrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            patience=0 if keep == "last" else patience, keep=keep,
             device=device, seed=seed, progress=progress, augment=AugmentConfig(kind=augment),
             ema_decay=ema_decay, num_threads=threads,
         )  # fmt: skip

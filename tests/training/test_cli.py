@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ermoe_ba.cli.main import app
+from ermoe_ba.training.checkpoint import read_meta
 from ermoe_ba.training.metrics import regression_metrics
 
 runner = CliRunner()
@@ -26,6 +27,30 @@ def test_unknown_model_is_a_usage_error_with_a_hint(tmp_path):
 def test_evaluate_missing_checkpoint_exits_2(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "none.safetensors"), str(tmp_path), "-o", str(tmp_path)])
     assert result.exit_code == 2 and "none.safetensors" in result.output
+
+
+def test_unknown_keep_is_a_usage_error_naming_the_choices(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("path,age\nx.nii.gz,40\n")
+    result = runner.invoke(app, ["train", str(table), "--out", str(tmp_path / "m.pt"), "--keep", "newest"])
+    assert result.exit_code == 2
+    assert "'best', 'last'" in result.output
+
+
+@pytest.mark.slow
+def test_keep_last_trains_every_epoch_and_records_the_recipe(tmp_path, real_scans):
+    table = tmp_path / "scans.csv"
+    pd.DataFrame({"subject_id": real_scans.subject_ids, "path": real_scans.paths, "age": real_scans.ages}).to_csv(
+        table, index=False
+    )
+    ckpt = tmp_path / "model.safetensors"
+    args = ["train", str(table), "-o", str(ckpt), "--epochs", "3", "--batch-size", "2", "--no-progress",
+            "--val-fraction", "0.25", "--augment", "none", "--keep", "last", "--patience", "1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = read_meta(ckpt)
+    assert meta["train_config"]["keep"] == "last" and meta["train_config"]["patience"] == 0
+    assert len(meta["history"]) == 3 and meta["best_epoch"] == 2
 
 
 @pytest.mark.slow
