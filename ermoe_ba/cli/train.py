@@ -85,8 +85,7 @@ def train(
         if router is not None:
             model_overrides["router"] = router
         config = TrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-            patience=0 if keep == "last" else patience, keep=keep,
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, keep=keep,
             device=device, seed=seed, progress=progress, augment=AugmentConfig(kind=augment),
             ema_decay=ema_decay, num_threads=threads,
         )  # fmt: skip

@@ -33,7 +33,9 @@ class TrainConfig:
         Which weights training returns: ``"best"``, those of the epoch with the best validation
         MAE (early stopping's choice), or ``"last"``, those of the last epoch run, with the
         validation scans only monitored (on ~15 validation scans the best epoch is itself
-        a noisy pick). Without validation scans the last epoch is kept either way.
+        a noisy pick); ``"last"`` turns early stopping off (``patience`` is set to 0), since
+        stopping early would keep an arbitrary epoch. Without validation scans the last epoch
+        is kept either way.
     grad_clip
         Maximum gradient norm (0 = no clipping).
     ema_decay
@@ -76,6 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, ("l1", "mse"))
         check_choice("keep", self.keep, ("best", "last"))
+        if self.keep == "last":
+            self.patience = 0
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**self.augment)

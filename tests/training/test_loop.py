@@ -109,6 +109,7 @@ def test_keep_last_returns_the_last_epoch_whatever_validation_says(synthetic):
     assert best_mae == pytest.approx(min(h["val_mae"] for h in best.history), rel=1e-4)
     with pytest.raises(ValueError, match="keep"):
         TrainConfig(keep="median")
+    assert TrainConfig(keep="last", patience=20).patience == 0  # keeping the last epoch never stops early
 
 
 @pytest.mark.slow
