@@ -54,7 +54,19 @@ def train(
         "--epochs, early stopping off; validation only calibrates the bias correction; the bundled v3 "
         "recipe is --keep last --epochs 150).",
     ),
-    val_fraction: float = typer.Option(0.15, "--val-fraction", help="Subjects held out for early stopping."),
+    val_fraction: float = typer.Option(
+        0.15,
+        "--val-fraction",
+        help="Subjects held out for early stopping and the bias correction (0: train on every scan; "
+        "needs --keep last, and --calibration for a bias correction).",
+    ),
+    calibration: Path | None = typer.Option(
+        None,
+        "--calibration",
+        help="CSV/TSV of held-out predictions (columns age, predicted_age; e.g. the out-of-fold "
+        "predictions.csv files of ermoe-ba evaluate) to fit the stored bias correction on, instead of "
+        "the validation scans.",
+    ),
     augment: str = typer.Option("fast", "--augment", help="fast, monai or none."),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Weight EMA decay per step (0: off)."),
     seeds: int = typer.Option(
@@ -75,6 +87,7 @@ def train(
     from ermoe_ba.data.discovery import DiscoveryError
     from ermoe_ba.models.config import PreprocessConfig
     from ermoe_ba.training.augment import AugmentConfig
+    from ermoe_ba.training.bias import bias_correction_from_table
     from ermoe_ba.training.config import TrainConfig
     from ermoe_ba.training.data import load_cohort
     from ermoe_ba.training.distributed import cleanup_distributed, init_distributed, is_main_process
@@ -90,13 +103,19 @@ def train(
             ema_decay=ema_decay, num_threads=threads,
         )  # fmt: skip
         _check_model(model, model_overrides)
+        if val_fraction == 0 and keep != "last":
+            raise ValueError("--val-fraction 0 leaves no validation scans: use it with --keep last")
+        correction = bias_correction_from_table(calibration) if calibration is not None else None
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     init_distributed()
     try:
         data = load_cohort(inputs, ages, PreprocessConfig(), cache_dir, progress=progress, workers=workers)
-        result = train_brain_age(data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds)
+        result = train_brain_age(
+            data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds,
+            bias_correction=correction,
+        )  # fmt: skip
     except (DiscoveryError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -8,7 +8,12 @@ cross-validation of several methods on the same folds.
 from __future__ import annotations
 
 from ermoe_ba.training.augment import AugmentConfig, BatchAugment
-from ermoe_ba.training.bias import AgeBiasCorrection, BiasLeakageError, fit_bias_correction
+from ermoe_ba.training.bias import (
+    AgeBiasCorrection,
+    BiasLeakageError,
+    bias_correction_from_table,
+    fit_bias_correction,
+)
 from ermoe_ba.training.checkpoint import build_meta, load_checkpoint, read_meta, save_checkpoint
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.data import VolumeSet, load_cohort, load_volumes
@@ -26,6 +31,7 @@ __all__ = [
     "TargetScaler",
     "TrainConfig",
     "VolumeSet",
+    "bias_correction_from_table",
     "brain_age_metrics",
     "build_meta",
     "cv_splits",

@@ -5,19 +5,33 @@ The usual linear correction (Smith et al. 2019; de Lange & Cole 2020) fits
 ``predicted = slope * age + intercept`` on data the model did not score at test time and
 inverts it: ``corrected = (predicted - intercept) / slope``. Fitting it on the test subjects
 leaks their ages into their corrected predictions, so :func:`fit_bias_correction` takes index
-sets and refuses any overlap with the held-out indices.
+sets and refuses any overlap with the held-out indices. A model trained on every scan has no
+validation scans to calibrate on; :func:`bias_correction_from_table` fits its correction on
+held-out predictions of the same recipe instead (the out-of-fold predictions of a
+cross-validation, as ``ermoe-ba evaluate`` writes them to ``predictions.csv``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["MIN_SLOPE", "AgeBiasCorrection", "BiasLeakageError", "fit_bias_correction"]
+__all__ = [
+    "CALIBRATION_COLUMNS",
+    "MIN_SLOPE",
+    "AgeBiasCorrection",
+    "BiasLeakageError",
+    "bias_correction_from_table",
+    "fit_bias_correction",
+]
+
+CALIBRATION_COLUMNS = ("age", "predicted_age")
+"""Columns a calibration table needs (the names ``ermoe-ba evaluate`` writes)."""
 
 MIN_SLOPE = 0.1
 """Fitted slopes below this are not inverted: dividing by them would blow up the noise."""
@@ -113,3 +127,41 @@ def fit_bias_correction(
     t = np.asarray(age, dtype=np.float64)[idx]
     p = np.asarray(predicted, dtype=np.float64)[idx]
     return AgeBiasCorrection.fit(t, p, fitted_on=fitted_on)
+
+
+def bias_correction_from_table(path: str | Path) -> AgeBiasCorrection:
+    """Fit the correction on a CSV/TSV table of held-out predictions.
+
+    Parameters
+    ----------
+    path
+        A table with the columns ``age`` and ``predicted_age`` (other columns are ignored), for
+        example the ``predictions.csv`` files ``ermoe-ba evaluate`` writes for each test fold of a
+        cross-validation, concatenated. Every prediction must come from a model that did not
+        train on that scan; rows with a missing value are dropped.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it cannot be read, lacks a column, or holds too few usable rows.
+
+    Examples
+    --------
+    >>> bias_correction_from_table("cv/out_of_fold.csv").slope  # doctest: +SKIP
+    0.77
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep=None, engine="python")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the calibration table ({err})") from None
+    missing = [c for c in CALIBRATION_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: calibration table lacks column(s) {', '.join(missing)}")
+    pairs = table[list(CALIBRATION_COLUMNS)].apply(pd.to_numeric, errors="coerce").dropna()
+    try:
+        return AgeBiasCorrection.fit(pairs["age"], pairs["predicted_age"], fitted_on=f"{path.name} (held-out)")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

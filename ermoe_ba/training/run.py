@@ -1,7 +1,9 @@
 """Train one brain-age model end to end: split, fit, calibrate the age bias, save a checkpoint.
 
 This is what ``ermoe-ba train`` calls. The validation split (by subject, stratified by age)
-serves early stopping and the age-bias correction; neither sees any other data.
+serves early stopping and the age-bias correction; neither sees any other data. With
+``val_fraction=0`` every scan trains the model (recipes that keep the last epoch only) and the
+correction comes from held-out predictions of the same recipe, passed in as ``bias_correction``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def train_brain_age(
     config: TrainConfig | None = None,
     val_fraction: float = 0.15,
     seeds: int = 1,
+    bias_correction: AgeBiasCorrection | None = None,
 ) -> TrainResult:
     """Train ``model_name`` on the scans of ``data`` that have an age and save a checkpoint.
 
@@ -62,12 +65,17 @@ def train_brain_age(
     config
         The training recipe.
     val_fraction
-        Share of subjects held out for early stopping and the age-bias correction.
+        Share of subjects held out for early stopping and the age-bias correction; 0 trains on
+        every scan and needs ``config.keep == "last"`` (there is no epoch to pick).
     seeds
         Train this many models on the same split with seeds ``config.seed + 1000 * j`` and
         save them as one :class:`~ermoe_ba.models.ensemble.SeedEnsemble` checkpoint whose
         prediction is their mean (the bias correction and validation metrics are the
         ensemble's).
+    bias_correction
+        Store this correction instead of fitting one on the validation scans, e.g.
+        :func:`~ermoe_ba.training.bias.bias_correction_from_table` of out-of-fold predictions.
+        Without it and without validation scans the checkpoint stores the identity.
 
     Examples
     --------
@@ -82,7 +90,12 @@ def train_brain_age(
     cfg = config or TrainConfig()
     overrides = dict(model_overrides or {})
     data = data.with_age()
-    train_idx, val_idx = train_val_split(data.ages, data.subject_ids, val_fraction=val_fraction, seed=cfg.seed)
+    if val_fraction == 0:
+        if cfg.keep != "last":
+            raise ValueError("training on every scan (val_fraction=0) needs keep='last': there are no validation scans")
+        train_idx, val_idx = np.arange(len(data)), np.arange(0)
+    else:
+        train_idx, val_idx = train_val_split(data.ages, data.subject_ids, val_fraction=val_fraction, seed=cfg.seed)
     recipes = member_configs(cfg, seeds)
     vol, ages = data.volumes, data.ages
     members, results = [], []
@@ -93,18 +106,16 @@ def train_brain_age(
     model = members[0] if seeds == 1 else SeedEnsemble(members)
     result = results[0]  # the target scaling is the same for every member (same training scans)
     device = next(model.parameters()).device
-    val_pred, _ = predict(model, vol[val_idx], result.scaler, cfg.eval_batch_size, device)
-    full_pred = np.full(len(data), np.nan)
-    full_pred[val_idx] = val_pred
-    try:
-        correction = fit_bias_correction(ages, full_pred, val_idx, fitted_on="validation")
-    except ValueError as err:
-        log.warning("no age-bias correction stored: %s", err)
-        correction = AgeBiasCorrection()
+    val_pred = np.zeros(0)
+    if len(val_idx):
+        val_pred, _ = predict(model, vol[val_idx], result.scaler, cfg.eval_batch_size, device)
+    correction = bias_correction or _fit_on_validation(ages, val_pred, val_idx)
     if len(val_idx) >= 2:
         val_metrics = brain_age_metrics(ages[val_idx], val_pred, correction.apply(val_pred))
-    else:  # too few validation scans for correlations; report the error alone
+    elif len(val_idx):  # too few validation scans for correlations; report the error alone
         val_metrics = {"n": len(val_idx), "mae": float(np.abs(val_pred - ages[val_idx]).mean())}
+    else:
+        val_metrics = {"n": 0}
     training_data = {
         **data.subset(train_idx).describe(),
         "validation_subject_ids": [data.subject_ids[i] for i in val_idx],
@@ -131,3 +142,14 @@ def train_brain_age(
         path = save_checkpoint(output, model, meta)
     barrier()
     return TrainResult(path, result, correction, val_metrics, meta, model)
+
+
+def _fit_on_validation(ages: np.ndarray, val_pred: np.ndarray, val_idx: np.ndarray) -> AgeBiasCorrection:
+    """The validation scans' correction, or the identity (with a warning) when it cannot be fitted."""
+    full_pred = np.full(len(ages), np.nan)
+    full_pred[val_idx] = val_pred
+    try:
+        return fit_bias_correction(ages, full_pred, val_idx, fitted_on="validation")
+    except ValueError as err:
+        log.warning("no age-bias correction stored: %s", err)
+        return AgeBiasCorrection()

@@ -1,6 +1,6 @@
 """Train the bundled default model on every development scan and register it in the package.
 
-    python pipelines/default_model/run.py [--cv-config CONFIG --cv-results REPORT --method NAME]
+    python pipelines/default_model/run.py [--cv-config CONFIG --cv-results REPORT --method NAME] [--all-scans]
 
 Recipe: method ``--method`` of the CV config ``--cv-config`` (default: ``ermoe`` of
 ``pipelines/brain_age_cv/config.json``), including its seed ensemble (``seeds``: the checkpoint
@@ -10,6 +10,9 @@ holds every member); the manifest quotes that method's cross-validated figures f
 epoch kept; 16 min on one CPU core). Check a new model with
 ``pytest -m slow tests/inference/test_bundled_model.py`` before committing it: the v2 ensemble
 was not shipped because it failed the re-encoding check there (README, "The model").
+``--all-scans`` trains on every development scan (no validation split; keep-last recipes only)
+and fits the stored age-bias correction on the method's out-of-fold predictions from the CV run
+(pooled into ``out_of_fold.csv`` beside its fold files), instead of on ~19 validation scans.
 Training data: the IXI-HH development set; the weights are therefore CC BY-SA 3.0.
 """
 
@@ -23,8 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from ermoe_ba.inference.pretrained import register_bundled_model
 from ermoe_ba.models.config import PreprocessConfig
+from ermoe_ba.training.bias import AgeBiasCorrection, bias_correction_from_table
 from ermoe_ba.training.checkpoint import read_meta
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.data import load_cohort
@@ -42,6 +48,11 @@ def main() -> None:
     parser.add_argument("--name", default="ermoe_ba_tiny_ixi")
     parser.add_argument("--weights-dir", type=Path, default=REPO / "ermoe_ba" / "weights")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--all-scans",
+        action="store_true",
+        help="Train on every scan; fit the bias correction on the CV run's out-of-fold predictions",
+    )
     parser.add_argument(
         "--register-only", action="store_true", help="Keep the trained checkpoint; refresh its manifest entry"
     )
@@ -64,7 +75,11 @@ def main() -> None:
         data = load_cohort(DEV_SET, preprocess=preprocess, workers=args.workers, progress=False)
         start = time.perf_counter()
         overrides, seeds = method.get("model_overrides"), method.get("seeds", 1)
-        result = train_brain_age(data, checkpoint, method["model_name"], overrides, train, seeds=seeds)
+        correction = out_of_fold_correction(args.cv_results, args.method) if args.all_scans else None
+        result = train_brain_age(
+            data, checkpoint, method["model_name"], overrides, train, seeds=seeds,
+            val_fraction=0.0 if args.all_scans else 0.15, bias_correction=correction,
+        )  # fmt: skip
         seconds, meta, val_metrics = round(time.perf_counter() - start, 1), result.meta, result.val_metrics
     this_command = "python " + " ".join(shlex.quote(a) for a in ["pipelines/default_model/run.py", *sys.argv[1:]])
     cv = {}
@@ -82,6 +97,7 @@ def main() -> None:
             "source": "IXI-HH development set (2 mm, CBICA/NiChart copy)",
             "n_train": meta["training_data"].get("n_scans"),
             "n_validation": len(meta["training_data"].get("validation_subject_ids", [])),
+            "bias_correction": meta.get("bias_correction"),
             "age_range": meta["training_data"].get("age_range"),
         },
         "licence": "CC BY-SA 3.0",
@@ -94,6 +110,26 @@ def main() -> None:
     }
     register_bundled_model(checkpoint, args.name, details, default=True, weights_dir=args.weights_dir)
     print(json.dumps({"checkpoint": str(checkpoint), "train_seconds": seconds, **val_metrics}))
+
+
+def out_of_fold_correction(cv_results: Path, method: str) -> AgeBiasCorrection:
+    """Pool ``method``'s test-fold predictions into ``out_of_fold.csv`` and fit the correction on it.
+
+    The fold files sit in ``<report folder>/<method>/`` (probes) or
+    ``<report stem>_folds/<method>/`` (the main table).
+    """
+    candidates = [cv_results.parent / method, cv_results.with_name(f"{cv_results.stem}_folds") / method]
+    folder = next((c for c in candidates if any(c.glob("fold*.json"))), None)
+    if folder is None:
+        raise SystemExit(f"no fold results of {method!r} beside {cv_results}: run its cross-validation first")
+    rows = []
+    for fold_file in sorted(folder.glob("fold*.json")):
+        fold = json.loads(fold_file.read_text())
+        columns = {"subject_id": fold["subject_ids"], "fold": fold["fold"], "age": fold["age"]}
+        rows.append(pd.DataFrame({**columns, "predicted_age": fold["predicted"]}))
+    table = folder / "out_of_fold.csv"
+    pd.concat(rows, ignore_index=True).to_csv(table, index=False)
+    return bias_correction_from_table(table)
 
 
 if __name__ == "__main__":

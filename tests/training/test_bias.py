@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ermoe_ba.training.bias import AgeBiasCorrection, BiasLeakageError, fit_bias_correction
+from ermoe_ba.training.bias import (
+    AgeBiasCorrection,
+    BiasLeakageError,
+    bias_correction_from_table,
+    fit_bias_correction,
+)
 from ermoe_ba.training.metrics import gap_slope
 
 
@@ -55,3 +60,32 @@ def test_held_out_values_do_not_move_the_fit():
     age2[test], pred2[test] = 500.0, -300.0  # planted outliers in the test fold
     after = fit_bias_correction(age2, pred2, calib, held_out=test)
     assert before == after
+
+
+def test_calibration_table_fits_held_out_predictions_and_skips_missing_rows(tmp_path):
+    table = tmp_path / "out_of_fold.tsv"
+    table.write_text("subject_id\tage\tpredicted_age\na\t20\t30\nb\t40\t40\nc\t60\t50\nd\t80\tn/a\ne\t\t70\n")
+    correction = bias_correction_from_table(table)
+    assert correction.slope == pytest.approx(0.5) and correction.intercept == pytest.approx(20.0)
+    assert correction.n == 3
+    assert correction.fitted_on == "out_of_fold.tsv (held-out)"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("age,predicted\n20,30\n40,40\n60,50\n", "lacks column(s) predicted_age"),
+        ("age,predicted_age\n20,30\n40,40\n", ">= 3 paired ages"),
+    ],
+)
+def test_bad_calibration_table_names_the_file_and_the_problem(tmp_path, text, problem):
+    table = tmp_path / "calib.csv"
+    table.write_text(text)
+    with pytest.raises(ValueError, match=r"calib\.csv") as err:
+        bias_correction_from_table(table)
+    assert problem in str(err.value)
+
+
+def test_missing_calibration_table_names_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"none\.csv: cannot read"):
+        bias_correction_from_table(tmp_path / "none.csv")

@@ -99,3 +99,17 @@ def test_seed_ensemble_trains_saves_and_loads_as_the_mean_of_its_members(tmp_pat
     assert not torch.allclose(members[0], members[1])  # two trainings, not one copied
     with pytest.raises(ValueError, match="seeds=0"):
         train_brain_age(synthetic, None, "ermoe_ba_tiny", tiny, cfg, seeds=0)
+
+
+def test_training_on_every_scan_needs_keep_last_and_stores_the_given_correction(synthetic):
+    from ermoe_ba.training.bias import AgeBiasCorrection
+
+    cfg = TrainConfig(epochs=2, batch_size=8, progress=False, device="cpu", augment=AugmentConfig(kind="none"))
+    small = {"channels": (4, 8, 16)}
+    with pytest.raises(ValueError, match="keep='last'"):
+        train_brain_age(synthetic, None, "sfcn_tiny", small, cfg, val_fraction=0.0)
+    given = AgeBiasCorrection(0.8, 9.0, 129, "out_of_fold.csv (held-out)")
+    cfg = TrainConfig(**{**cfg.to_dict(), "keep": "last", "augment": AugmentConfig(kind="none")})
+    result = train_brain_age(synthetic, None, "sfcn_tiny", small, cfg, val_fraction=0.0, bias_correction=given)
+    assert result.meta["training_data"]["n_scans"] == len(synthetic.ages)
+    assert result.meta["bias_correction"] == given.to_dict() and result.val_metrics == {"n": 0}

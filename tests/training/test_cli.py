@@ -37,6 +37,21 @@ def test_bad_option_is_a_usage_error_with_a_hint(tmp_path, option, value, hint):
     assert hint in result.output
 
 
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (["--val-fraction", "0"], "use it with --keep last"),
+        (["--calibration", "missing.csv"], "missing.csv: cannot read"),
+    ],
+)
+def test_training_on_every_scan_needs_keep_last_and_a_readable_calibration(tmp_path, extra, problem):
+    table = tmp_path / "t.csv"
+    table.write_text("path,age\nx.nii.gz,40\n")
+    result = runner.invoke(app, ["train", str(table), "--out", str(tmp_path / "m.pt"), *extra])
+    assert result.exit_code == 2
+    assert problem in result.output
+
+
 def test_evaluate_missing_checkpoint_exits_2(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "none.safetensors"), str(tmp_path), "-o", str(tmp_path)])
     assert result.exit_code == 2 and "none.safetensors" in result.output
@@ -53,6 +68,24 @@ def test_keep_last_trains_every_epoch_and_records_the_recipe(tmp_path, real_scan
     meta = read_meta(ckpt)
     assert meta["train_config"]["keep"] == "last" and meta["train_config"]["patience"] == 0
     assert len(meta["history"]) == 3 and meta["best_epoch"] == 2
+
+
+@pytest.mark.slow
+def test_every_scan_trains_and_the_calibration_table_sets_the_correction(tmp_path, real_scans):
+    table = _scans_table(tmp_path, real_scans)
+    calibration = tmp_path / "out_of_fold.csv"
+    pd.DataFrame({"age": [20.0, 40.0, 60.0, 80.0], "predicted_age": [32.0, 44.0, 56.0, 68.0]}).to_csv(calibration)
+    ckpt = tmp_path / "model.safetensors"
+    args = ["train", str(table), "-o", str(ckpt), "--epochs", "2", "--batch-size", "2", "--no-progress",
+            "--val-fraction", "0", "--keep", "last", "--calibration", str(calibration)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = read_meta(ckpt)
+    assert meta["training_data"]["n_scans"] == len(real_scans.ages)
+    assert meta["training_data"]["validation_subject_ids"] == []
+    correction = meta["bias_correction"]
+    assert correction["slope"] == pytest.approx(0.6) and correction["intercept"] == pytest.approx(20.0)
+    assert correction["fitted_on"] == "out_of_fold.csv (held-out)"
 
 
 @pytest.mark.slow
