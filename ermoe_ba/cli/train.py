@@ -51,7 +51,7 @@ def train(
         "best",
         "--keep",
         help="Weights to keep: 'best' (best validation epoch, with early stopping) or 'last' (train all "
-        "--epochs, early stopping off; validation only calibrates the bias correction; the bundled v3 "
+        "--epochs, early stopping off; validation only calibrates the bias correction; the bundled model's "
         "recipe is --keep last --epochs 150).",
     ),
     val_fraction: float = typer.Option(
