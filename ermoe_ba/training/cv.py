@@ -4,7 +4,10 @@ Every (method, fold) result is written atomically to ``<out_dir>/<method>/fold<k
 soon as it finishes, with the method's settings; a rerun loads the finished ones made with
 the same settings and only runs the rest, so a long comparison can be stopped and continued.
 The age-bias correction of each fold is fitted here, on the method's calibration scans only,
-with the test positions passed as ``held_out`` so that any leak raises.
+with the test positions passed as ``held_out`` so that any leak raises. Once a method has every
+fold, its test predictions are pooled into ``<out_dir>/<method>/out_of_fold.csv`` (each scan
+predicted once, by the model that did not train on it): the calibration table
+``ermoe-ba train --calibration`` takes to fit the correction of a model trained on every scan.
 """
 
 from __future__ import annotations
@@ -17,15 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from ermoe_ba.atomic import write_json_atomic
+from ermoe_ba.atomic import write_json_atomic, write_text_atomic
 from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.methods import Method, settings_defaults
 from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
 from ermoe_ba.training.splits import FoldSplit
 
-__all__ = ["cross_validate", "made_with_current_settings", "run_fold", "same_settings", "summarize"]
+__all__ = [
+    "OUT_OF_FOLD_FILE",
+    "cross_validate",
+    "made_with_current_settings",
+    "out_of_fold_table",
+    "run_fold",
+    "same_settings",
+    "summarize",
+]
+
+OUT_OF_FOLD_FILE = "out_of_fold.csv"
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +122,26 @@ def cross_validate(
                 m["r"],
                 result["seconds"],
             )
+    for name, done in results.items():
+        if {r["fold"] for r in done} == {split.fold for split in folds}:
+            table = out_of_fold_table(done).to_csv(index=False)
+            write_text_atomic(table, out_dir / name / OUT_OF_FOLD_FILE)
     return results
+
+
+def out_of_fold_table(fold_results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The test predictions of every fold as one table: ``subject_id, fold, age, predicted_age``.
+
+    With folds that partition the cohort, every scan appears once, predicted by the model that did
+    not train on it; :func:`~ermoe_ba.training.bias.bias_correction_from_table` reads this table.
+    """
+    parts = [
+        pd.DataFrame(
+            {"subject_id": r["subject_ids"], "fold": r["fold"], "age": r["age"], "predicted_age": r["predicted"]}
+        )
+        for r in sorted(fold_results, key=lambda r: r["fold"])
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
 def same_settings(

@@ -26,13 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
+from ermoe_ba.atomic import write_text_atomic
 from ermoe_ba.inference.pretrained import register_bundled_model
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.bias import AgeBiasCorrection, bias_correction_from_table
 from ermoe_ba.training.checkpoint import read_meta
 from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.cv import OUT_OF_FOLD_FILE, out_of_fold_table
 from ermoe_ba.training.data import load_cohort
 from ermoe_ba.training.run import train_brain_age
 
@@ -113,7 +113,7 @@ def main() -> None:
 
 
 def out_of_fold_correction(cv_results: Path, method: str) -> AgeBiasCorrection:
-    """Pool ``method``'s test-fold predictions into ``out_of_fold.csv`` and fit the correction on it.
+    """Fit the correction on ``method``'s pooled test-fold predictions (written to ``out_of_fold.csv``).
 
     The fold files sit in ``<report folder>/<method>/`` (probes) or
     ``<report stem>_folds/<method>/`` (the main table).
@@ -122,13 +122,9 @@ def out_of_fold_correction(cv_results: Path, method: str) -> AgeBiasCorrection:
     folder = next((c for c in candidates if any(c.glob("fold*.json"))), None)
     if folder is None:
         raise SystemExit(f"no fold results of {method!r} beside {cv_results}: run its cross-validation first")
-    rows = []
-    for fold_file in sorted(folder.glob("fold*.json")):
-        fold = json.loads(fold_file.read_text())
-        columns = {"subject_id": fold["subject_ids"], "fold": fold["fold"], "age": fold["age"]}
-        rows.append(pd.DataFrame({**columns, "predicted_age": fold["predicted"]}))
-    table = folder / "out_of_fold.csv"
-    pd.concat(rows, ignore_index=True).to_csv(table, index=False)
+    folds = [json.loads(f.read_text()) for f in sorted(folder.glob("fold*.json"))]
+    table = folder / OUT_OF_FOLD_FILE
+    write_text_atomic(out_of_fold_table(folds).to_csv(index=False), table)
     return bias_correction_from_table(table)
 
 

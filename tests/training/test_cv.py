@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ermoe_ba.training.augment import AugmentConfig
@@ -62,6 +63,7 @@ def test_resume_skips_finished_folds_and_summary_matches_folds(tmp_path, synthet
     method = BrainMeanMethod()
     cross_validate([method], synthetic, folds, tmp_path, only_folds=[1])
     assert method.calls == [1] and (tmp_path / "brain_mean" / "fold1.json").is_file()
+    assert not (tmp_path / "brain_mean" / "out_of_fold.csv").exists()  # only once every fold is done
     results = cross_validate([method], synthetic, folds, tmp_path)
     assert method.calls == [1, 0, 2]  # fold 1 was loaded, not rerun
     summary = summarize(results)["brain_mean"]
@@ -70,6 +72,12 @@ def test_resume_skips_finished_folds_and_summary_matches_folds(tmp_path, synthet
     assert summary["mae"]["mean"] == pytest.approx(np.mean(maes))
     assert summary["mae"]["sd"] == pytest.approx(np.std(maes, ddof=1))
     assert summary["pooled"]["n"] == len(synthetic)
+    out_of_fold = pd.read_csv(tmp_path / "brain_mean" / "out_of_fold.csv")
+    assert sorted(out_of_fold.subject_id) == sorted(synthetic.subject_ids)  # every scan once
+    by_id = dict(zip(synthetic.subject_ids, synthetic.ages, strict=True))
+    np.testing.assert_allclose(out_of_fold.age, out_of_fold.subject_id.map(by_id))
+    pooled = [p for r in results["brain_mean"] for p in r["predicted"]]
+    assert sorted(out_of_fold.predicted_age) == pytest.approx(sorted(pooled))
 
 
 def test_deep_and_classical_methods_report_fold_results_and_load(tmp_path, synthetic, folds):
