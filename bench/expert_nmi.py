@@ -4,6 +4,8 @@ For each model, every development scan is conformed, predicted with routing capt
 (``ermoe_ba.interpret.map_scans``); the pooled normalised mutual information between the
 voxel-wise top-1 expert and the atlas region is reported per MoE layer and atlas, next to the
 chance level of the same routing with the expert labels permuted across each scan's tokens.
+Next to it, the top-1 load per layer twice: over every token (background included) and over the
+brain voxels (tissue atlas), to tell how much of an uneven load is the background's.
 Prints one JSON line.
 
     python bench/expert_nmi.py --models default softmax=ermoe_ba/weights/... --save bench/results/expert_nmi.json
@@ -39,6 +41,26 @@ def permuted(traces: dict, seed: int = 0) -> dict:
     return out
 
 
+def top1_load_cv(traces: dict, result) -> list[dict]:
+    """Coefficient of variation of the top-1 load per layer: all tokens against brain voxels."""
+    from ermoe_ba.routing.metrics import coefficient_of_variation
+
+    rows = []
+    for layer in sorted(result.nmi["layer"].unique()):
+        top1 = torch.cat([trace.layers[layer].top_k_index[..., 0].reshape(-1) for trace in traces.values()])
+        num_experts = next(iter(traces.values())).layers[layer].scores.shape[-1]
+        tissue = result.regions[(result.regions.layer == layer) & (result.regions.atlas == "tissue")]
+        brain = tissue.groupby("expert")["voxels_routed"].sum().reindex(range(num_experts), fill_value=0)
+        rows.append(
+            {
+                "layer": int(layer),
+                "cv_all_tokens": round(coefficient_of_variation(torch.bincount(top1, minlength=num_experts)), 3),
+                "cv_brain_voxels": round(coefficient_of_variation(torch.tensor(brain.to_numpy())), 3),
+            }
+        )
+    return rows
+
+
 def measure(model: str, atlases: list[str], workers: int, out_dir: Path) -> dict:
     from ermoe_ba.inference.predictor import BrainAgePredictor
     from ermoe_ba.inference.routing_io import load_routing
@@ -69,6 +91,7 @@ def measure(model: str, atlases: list[str], workers: int, out_dir: Path) -> dict
             }
             for r in rows.itertuples()
         ],
+        **({"top1_load": top1_load_cv(traces, result)} if "tissue" in atlases else {}),
     }
 
 
