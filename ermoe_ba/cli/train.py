@@ -63,9 +63,9 @@ def train(
     calibration: Path | None = typer.Option(
         None,
         "--calibration",
-        help="CSV/TSV of held-out predictions (columns age, predicted_age; e.g. the out-of-fold "
-        "predictions.csv files of ermoe-ba evaluate) to fit the stored bias correction on, instead of "
-        "the validation scans.",
+        help="CSV/TSV of held-out predictions (columns age, predicted_age: a CV run's <method>/out_of_fold.csv, "
+        "or the test folds' predictions.csv of ermoe-ba evaluate) to fit the stored bias correction on, "
+        "instead of the validation scans.",
     ),
     augment: str = typer.Option("fast", "--augment", help="fast, monai or none."),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Weight EMA decay per step (0: off)."),

@@ -8,7 +8,7 @@ leaks their ages into their corrected predictions, so :func:`fit_bias_correction
 sets and refuses any overlap with the held-out indices. A model trained on every scan has no
 validation scans to calibrate on; :func:`bias_correction_from_table` fits its correction on
 held-out predictions of the same recipe instead (the out-of-fold predictions of a
-cross-validation, as ``ermoe-ba evaluate`` writes them to ``predictions.csv``).
+cross-validation: ``<method>/out_of_fold.csv`` of the CV pipeline).
 """
 
 from __future__ import annotations
@@ -135,10 +135,10 @@ def bias_correction_from_table(path: str | Path) -> AgeBiasCorrection:
     Parameters
     ----------
     path
-        A table with the columns ``age`` and ``predicted_age`` (other columns are ignored), for
-        example the ``predictions.csv`` files ``ermoe-ba evaluate`` writes for each test fold of a
-        cross-validation, concatenated. Every prediction must come from a model that did not
-        train on that scan; rows with a missing value are dropped.
+        A table with the columns ``age`` and ``predicted_age`` (other columns are ignored): the
+        ``out_of_fold.csv`` a cross-validation writes per method, or the ``predictions.csv`` files
+        ``ermoe-ba evaluate`` writes for each test fold, concatenated. Every prediction must come
+        from a model that did not train on that scan; rows with a missing value are dropped.
 
     Raises
     ------
