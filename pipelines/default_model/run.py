@@ -75,7 +75,8 @@ def main() -> None:
         data = load_cohort(DEV_SET, preprocess=preprocess, workers=args.workers, progress=False)
         start = time.perf_counter()
         overrides, seeds = method.get("model_overrides"), method.get("seeds", 1)
-        correction = out_of_fold_correction(args.cv_results, args.method) if args.all_scans else None
+        n_splits = cv_config.get("cv", {}).get("n_splits", 5)
+        correction = out_of_fold_correction(args.cv_results, args.method, n_splits) if args.all_scans else None
         result = train_brain_age(
             data, checkpoint, method["model_name"], overrides, train, seeds=seeds,
             val_fraction=0.0 if args.all_scans else 0.15, bias_correction=correction,
@@ -112,17 +113,19 @@ def main() -> None:
     print(json.dumps({"checkpoint": str(checkpoint), "train_seconds": seconds, **val_metrics}))
 
 
-def out_of_fold_correction(cv_results: Path, method: str) -> AgeBiasCorrection:
+def out_of_fold_correction(cv_results: Path, method: str, n_splits: int) -> AgeBiasCorrection:
     """Fit the correction on ``method``'s pooled test-fold predictions (written to ``out_of_fold.csv``).
 
     The fold files sit in ``<report folder>/<method>/`` (probes) or
-    ``<report stem>_folds/<method>/`` (the main table).
+    ``<report stem>_folds/<method>/`` (the main table); all ``n_splits`` must be there.
     """
     candidates = [cv_results.parent / method, cv_results.with_name(f"{cv_results.stem}_folds") / method]
     folder = next((c for c in candidates if any(c.glob("fold*.json"))), None)
     if folder is None:
         raise SystemExit(f"no fold results of {method!r} beside {cv_results}: run its cross-validation first")
     folds = [json.loads(f.read_text()) for f in sorted(folder.glob("fold*.json"))]
+    if len(folds) != n_splits:
+        raise SystemExit(f"{folder} holds {len(folds)} of {n_splits} folds: finish the cross-validation first")
     table = folder / OUT_OF_FOLD_FILE
     write_text_atomic(out_of_fold_table(folds).to_csv(index=False), table)
     return bias_correction_from_table(table)
