@@ -5,11 +5,13 @@
 Recipe: method ``--method`` of the CV config ``--cv-config`` (default: ``ermoe`` of
 ``pipelines/brain_age_cv/config.json``), including its seed ensemble (``seeds``: the checkpoint
 holds every member); the manifest quotes that method's cross-validated figures from
-``--cv-results`` and records the command. The shipped model (v4) is ``ermoe_150`` of
-``bench/results/probes/long_training/config.json`` with ``--all-scans`` (one ERMoE-ba at 4 mm,
-150 epochs, last epoch kept, all 129 scans; 13 min on one CPU core). Check a new model with
-``pytest -m slow tests/inference/test_bundled_model.py`` before committing it: the v2 ensemble
-was not shipped because it failed the re-encoding check there (README, "The model").
+``--cv-results`` and records the command. The shipped model (v4) is ``ermoe`` of the v3 table
+with ``--all-scans``, i.e. ``python pipelines/default_model/run.py --all-scans`` (one ERMoE-ba at
+4 mm, 150 epochs, last epoch kept, all 129 scans; 13 min on one CPU core; it was made from the
+same folds in their probe folder, ``ermoe_150`` of ``bench/results/probes/long_training/``).
+Check a new model with ``pytest -m slow tests/inference/test_bundled_model.py`` before committing
+it: the v2 ensemble and the disjoint-bases model were not shipped because they failed the
+re-encoding check there (README, "The model").
 ``--all-scans`` trains on every development scan (no validation split; keep-last recipes only)
 and fits the stored age-bias correction on the method's out-of-fold predictions from the CV run
 (pooled into ``out_of_fold.csv`` beside its fold files), instead of on ~19 validation scans.
