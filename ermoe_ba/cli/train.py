@@ -91,7 +91,7 @@ def train(
     from ermoe_ba.training.config import TrainConfig
     from ermoe_ba.training.data import load_cohort
     from ermoe_ba.training.distributed import cleanup_distributed, init_distributed, is_main_process
-    from ermoe_ba.training.run import train_brain_age
+    from ermoe_ba.training.run import check_validation_split, train_brain_age
 
     try:
         model_overrides = parse_overrides(overrides)
@@ -103,8 +103,7 @@ def train(
             ema_decay=ema_decay, num_threads=threads,
         )  # fmt: skip
         _check_model(model, model_overrides)
-        if val_fraction == 0 and keep != "last":
-            raise ValueError("--val-fraction 0 leaves no validation scans: use it with --keep last")
+        check_validation_split(val_fraction, keep)
         correction = bias_correction_from_table(calibration) if calibration is not None else None
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)

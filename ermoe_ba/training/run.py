@@ -24,7 +24,7 @@ from ermoe_ba.training.loop import FitResult, fit, predict
 from ermoe_ba.training.metrics import brain_age_metrics
 from ermoe_ba.training.splits import train_val_split
 
-__all__ = ["TrainResult", "train_brain_age"]
+__all__ = ["TrainResult", "check_validation_split", "train_brain_age"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,18 @@ class TrainResult:
     val_metrics: dict[str, Any]
     meta: dict[str, Any]
     model: Any = None  # the trained model (a SeedEnsemble when seeds > 1)
+
+
+def check_validation_split(val_fraction: float, keep: str) -> None:
+    """Raise ValueError when ``val_fraction=0`` (train on every scan) meets ``keep="best"``.
+
+    Called by :func:`train_brain_age` and, before any scan is conformed, by ``ermoe-ba train``.
+    """
+    if val_fraction == 0 and keep != "last":
+        raise ValueError(
+            "val_fraction=0 leaves no validation scans to pick an epoch: it needs keep='last' "
+            "(on the command line, use it with --keep last)"
+        )
 
 
 def train_brain_age(
@@ -90,9 +102,8 @@ def train_brain_age(
     cfg = config or TrainConfig()
     overrides = dict(model_overrides or {})
     data = data.with_age()
+    check_validation_split(val_fraction, cfg.keep)
     if val_fraction == 0:
-        if cfg.keep != "last":
-            raise ValueError("training on every scan (val_fraction=0) needs keep='last': there are no validation scans")
         train_idx, val_idx = np.arange(len(data)), np.arange(0)
     else:
         train_idx, val_idx = train_val_split(data.ages, data.subject_ids, val_fraction=val_fraction, seed=cfg.seed)

@@ -14,7 +14,7 @@ it: the v2 ensemble and the disjoint-bases model were not shipped because they f
 re-encoding check there (README, "The model").
 ``--all-scans`` trains on every development scan (no validation split; keep-last recipes only)
 and fits the stored age-bias correction on the method's out-of-fold predictions from the CV run
-(pooled into ``out_of_fold.csv`` beside its fold files), instead of on ~19 validation scans.
+(the ``out_of_fold.csv`` the CV writes beside its fold files), instead of on ~19 validation scans.
 Training data: the IXI-HH development set; the weights are therefore CC BY-SA 3.0.
 """
 
@@ -28,13 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-from ermoe_ba.atomic import write_text_atomic
 from ermoe_ba.inference.pretrained import register_bundled_model
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.bias import AgeBiasCorrection, bias_correction_from_table
 from ermoe_ba.training.checkpoint import read_meta
 from ermoe_ba.training.config import TrainConfig
-from ermoe_ba.training.cv import OUT_OF_FOLD_FILE, out_of_fold_table
+from ermoe_ba.training.cv import OUT_OF_FOLD_FILE
 from ermoe_ba.training.data import load_cohort
 from ermoe_ba.training.run import train_brain_age
 
@@ -77,8 +76,7 @@ def main() -> None:
         data = load_cohort(DEV_SET, preprocess=preprocess, workers=args.workers, progress=False)
         start = time.perf_counter()
         overrides, seeds = method.get("model_overrides"), method.get("seeds", 1)
-        n_splits = cv_config.get("cv", {}).get("n_splits", 5)
-        correction = out_of_fold_correction(args.cv_results, args.method, n_splits) if args.all_scans else None
+        correction = out_of_fold_correction(args.cv_results, args.method) if args.all_scans else None
         result = train_brain_age(
             data, checkpoint, method["model_name"], overrides, train, seeds=seeds,
             val_fraction=0.0 if args.all_scans else 0.15, bias_correction=correction,
@@ -115,21 +113,18 @@ def main() -> None:
     print(json.dumps({"checkpoint": str(checkpoint), "train_seconds": seconds, **val_metrics}))
 
 
-def out_of_fold_correction(cv_results: Path, method: str, n_splits: int) -> AgeBiasCorrection:
-    """Fit the correction on ``method``'s pooled test-fold predictions (written to ``out_of_fold.csv``).
+def out_of_fold_correction(cv_results: Path, method: str) -> AgeBiasCorrection:
+    """Fit the correction on ``method``'s pooled test-fold predictions, the CV's ``out_of_fold.csv``.
 
-    The fold files sit in ``<report folder>/<method>/`` (probes) or
-    ``<report stem>_folds/<method>/`` (the main table); all ``n_splits`` must be there.
+    The CV writes that table beside the method's fold files, in ``<report folder>/<method>/``
+    (probes) or ``<report stem>_folds/<method>/`` (the main table), once every fold is done.
     """
     candidates = [cv_results.parent / method, cv_results.with_name(f"{cv_results.stem}_folds") / method]
-    folder = next((c for c in candidates if any(c.glob("fold*.json"))), None)
-    if folder is None:
-        raise SystemExit(f"no fold results of {method!r} beside {cv_results}: run its cross-validation first")
-    folds = [json.loads(f.read_text()) for f in sorted(folder.glob("fold*.json"))]
-    if len(folds) != n_splits:
-        raise SystemExit(f"{folder} holds {len(folds)} of {n_splits} folds: finish the cross-validation first")
-    table = folder / OUT_OF_FOLD_FILE
-    write_text_atomic(out_of_fold_table(folds).to_csv(index=False), table)
+    table = next((c / OUT_OF_FOLD_FILE for c in candidates if (c / OUT_OF_FOLD_FILE).is_file()), None)
+    if table is None:
+        raise SystemExit(
+            f"no {OUT_OF_FOLD_FILE} of {method!r} beside {cv_results}: finish (or rerun) its cross-validation first"
+        )
     return bias_correction_from_table(table)
 
 
