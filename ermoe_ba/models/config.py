@@ -68,7 +68,11 @@ class ModelConfig:
         number of *active* parameters per token as the dense ``Mlp``.
     stem
         ``"linear"``: one strided convolution per patch (ViT); ``"conv"``: ``log2(patch_size)``
-        stride-2 convolutions (hybrid stem, far fewer parameters, same token grid).
+        stride-2 convolutions (hybrid stem, far fewer parameters, same token grid);
+        ``"conv_pool"``: ``log2(patch_size)`` SFCN stages (stride-1 conv, BatchNorm, max-pool,
+        ReLU) and a 1x1 conv to ``embed_dim``, about 8x the stem compute of ``"conv"``.
+    stem_width
+        Channels of the first stem convolution (``"conv"``, ``"conv_pool"``); each stage doubles them.
     input_pool
         Average-pool image inputs by this factor before the patch embedding; ``patch_size``
         still counts input voxels, so the token grid is unchanged. ``2`` trains on 4 mm from
@@ -131,7 +135,7 @@ class ModelConfig:
         check_choice("score", self.score, EIGEN_SCORES)
         check_choice("router", self.router, ROUTERS)
         check_choice("pool", self.pool, POOLS)
-        check_choice("stem", self.stem, ("linear", "conv"))
+        check_choice("stem", self.stem, ("linear", "conv", "conv_pool"))
         if self.input_type == "image" and self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3 for images, got {self.spatial_dims}")
         if self.input_type == "tokens" and (self.vocab_size <= 0 or self.max_seq_len <= 0):

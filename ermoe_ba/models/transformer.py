@@ -94,9 +94,15 @@ class MoETransformer(nn.Module):
             img_size, patch_size = _pooled_geometry(config)
             pool = (nn.AvgPool3d if config.spatial_dims == 3 else nn.AvgPool2d)(config.input_pool)
             self.input_pool: nn.Module = pool if config.input_pool > 1 else nn.Identity()
-            if config.stem == "conv":
+            if config.stem in ("conv", "conv_pool"):
                 self.patch_embed: nn.Module = ConvStemEmbed(
-                    img_size, patch_size, config.in_chans, dim, config.spatial_dims, config.stem_width
+                    img_size,
+                    patch_size,
+                    config.in_chans,
+                    dim,
+                    config.spatial_dims,
+                    config.stem_width,
+                    downsample="maxpool" if config.stem == "conv_pool" else "stride",
                 )
             else:
                 self.patch_embed = PatchEmbed(

@@ -153,3 +153,18 @@ def test_conv_stem_keeps_token_grid_and_shrinks_the_stem():
     assert n_conv < n_linear
     out = conv(torch.randn(1, 1, 80, 96, 80), capture_routing=True)
     assert out.routing[1].top_k_index.shape == (1, 150, 2)
+
+
+def test_sfcn_style_stem_keeps_the_token_grid_and_trains():
+    model = create_model("ermoe_ba_tiny", stem="conv_pool", stem_width=4)
+    assert model.grid_size == create_model("ermoe_ba_tiny").grid_size == (5, 6, 5)
+    out = model(torch.randn(2, 1, 80, 96, 80), capture_routing=True)
+    assert out.routing[1].top_k_index.shape == (2, 150, 2)
+    out.output.sum().backward()
+    first_conv = model.patch_embed.proj[0]
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+
+
+def test_unknown_stem_names_the_choices():
+    with pytest.raises(ValueError, match="conv_pool"):
+        create_model("ermoe_ba_tiny", stem="sfcn")
