@@ -1,0 +1,72 @@
+"""Benchmark: post-hoc 2-model ensembles of finished CV runs (same folds); prints one JSON line.
+
+    python bench/ensemble_cv.py [--ensemble NAME=RUN_DIR,RUN_DIR ...] [--no-save]
+
+Each ensemble averages, scan by scan, the test predictions of its members' fold results
+(``<run>/<method>/fold<k>.json``; see :mod:`ermoe_ba.training.posthoc_ensemble`), so it costs no
+training. Without ``--ensemble`` it evaluates the default set below: for each deep method of the
+main table, a pair of models of equal cost (two stems for the transformers, two seeds for the
+CNN), plus the single members for reference. Paths are relative to ``bench/results``. Writes
+``bench/results/ensemble_cv.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _report import emit
+
+from ermoe_ba.training.posthoc_ensemble import average_fold_predictions, load_fold_results, summarize_ensemble
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MAIN, STEM, SFCN_SEED1 = "brain_age_cv_folds", "probes/conv_pool_stem", "probes/sfcn_seed1"
+DEFAULT_ENSEMBLES = {
+    "ermoe_two_stems": [f"{MAIN}/ermoe", f"{STEM}/ermoe_conv_pool"],
+    "softmax_two_stems": [f"{MAIN}/softmax", f"{STEM}/softmax_conv_pool"],
+    "dense_two_stems": [f"{MAIN}/dense", f"{STEM}/dense_conv_pool"],
+    "sfcn_two_seeds": [f"{MAIN}/sfcn", f"{SFCN_SEED1}/sfcn"],
+    "ermoe_and_sfcn": [f"{MAIN}/ermoe", f"{MAIN}/sfcn"],
+    "sfcn_and_pca_ridge": [f"{MAIN}/sfcn", f"{MAIN}/pca_ridge"],
+}
+
+
+def parse_ensemble(text: str) -> tuple[str, list[str]]:
+    """``NAME=DIR,DIR`` -> ``(NAME, [DIR, DIR])``."""
+    name, sep, members = text.partition("=")
+    if not sep or not name or "," not in members:
+        raise argparse.ArgumentTypeError(f"--ensemble {text!r}: expected NAME=RUN_DIR,RUN_DIR[,...]")
+    return name, members.split(",")
+
+
+def _rounded(summary: dict) -> dict:
+    return {
+        "folds": summary["folds"],
+        "mae": round(summary["mae"]["mean"], 3),
+        "mae_sd": round(summary["mae"]["sd"], 3),
+        "r_pooled": round(summary["pooled"]["r"], 3),
+        "member_mae": [round(m["mean"], 3) for m in summary["member_mae"]],
+        "fold_mae": [round(v, 2) for v in summary["fold_mae"]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ensemble", type=parse_ensemble, action="append", default=None)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    ensembles = dict(args.ensemble) if args.ensemble else DEFAULT_ENSEMBLES
+    result: dict = {"bench": "ensemble_cv", "members_from": "bench/results", "ensembles": {}, "skipped": {}}
+    for name, members in ensembles.items():
+        try:
+            runs = [load_fold_results(RESULTS / member) for member in members]
+            folds = average_fold_predictions(runs)
+        except (FileNotFoundError, ValueError) as error:
+            result["skipped"][name] = str(error)
+            continue
+        result["ensembles"][name] = {"members": members, **_rounded(summarize_ensemble(folds))}
+    emit(result, None if args.no_save else RESULTS / "ensemble_cv.json")
+
+
+if __name__ == "__main__":
+    main()
