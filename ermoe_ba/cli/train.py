@@ -29,6 +29,22 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def parse_members(items: list[str]) -> list[dict] | None:
+    """``['{}', '{"stem": "conv_pool"}']`` -> one override dict per ensemble member (None without any)."""
+    if not items:
+        return None
+    out = []
+    for item in items:
+        try:
+            member = json.loads(item)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--member {item!r} is not a JSON object ({err.msg})") from None
+        if not isinstance(member, dict):
+            raise ValueError(f"--member {item!r} is not a JSON object of ModelConfig overrides")
+        out.append(member)
+    return out
+
+
 @app.command()
 def train(
     inputs: list[Path] = typer.Argument(
@@ -72,6 +88,12 @@ def train(
     seeds: int = typer.Option(
         1, "--seeds", min=1, help="Train N models with different seeds; save their average as one ensemble."
     ),
+    members: list[str] = typer.Option(
+        [],
+        "--member",
+        help="One ensemble member's ModelConfig overrides as a JSON object, over --set (repeatable; one model "
+        'per --member, e.g. --member \'{}\' --member \'{"stem": "conv_pool", "stem_width": 8}\' for two stems).',
+    ),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed"),
@@ -88,7 +110,7 @@ def train(
     from ermoe_ba.models.config import PreprocessConfig
     from ermoe_ba.training.augment import AugmentConfig
     from ermoe_ba.training.bias import bias_correction_from_table
-    from ermoe_ba.training.config import TrainConfig
+    from ermoe_ba.training.config import TrainConfig, member_model_overrides
     from ermoe_ba.training.data import load_cohort
     from ermoe_ba.training.distributed import cleanup_distributed, init_distributed, is_main_process
     from ermoe_ba.training.run import check_validation_split, train_brain_age
@@ -97,12 +119,14 @@ def train(
         model_overrides = parse_overrides(overrides)
         if router is not None:
             model_overrides["router"] = router
+        member_overrides = parse_members(members)
         config = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, keep=keep,
             device=device, seed=seed, progress=progress, augment=AugmentConfig(kind=augment),
             ema_decay=ema_decay, num_threads=threads,
         )  # fmt: skip
-        _check_model(model, model_overrides)
+        for variant in member_model_overrides(model_overrides, member_overrides, seeds):
+            _check_model(model, variant)
         check_validation_split(val_fraction, keep)
         correction = bias_correction_from_table(calibration) if calibration is not None else None
     except ValueError as err:
@@ -113,7 +137,7 @@ def train(
         data = load_cohort(inputs, ages, PreprocessConfig(), cache_dir, progress=progress, workers=workers)
         result = train_brain_age(
             data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds,
-            bias_correction=correction,
+            bias_correction=correction, member_overrides=member_overrides,
         )  # fmt: skip
     except (DiscoveryError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ermoe_ba.atomic import atomic_path
 from ermoe_ba.models.config import ModelConfig, PreprocessConfig
-from ermoe_ba.models.ensemble import SeedEnsemble
+from ermoe_ba.models.ensemble import ModelEnsemble
 
 __all__ = ["CHECKPOINT_FORMAT", "build_meta", "load_checkpoint", "read_meta", "save_checkpoint"]
 
@@ -111,7 +111,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild the model from a checkpoint and load its weights.
 
     A checkpoint with ``ensemble_size`` > 1 in its metadata holds a
-    :class:`~ermoe_ba.models.ensemble.SeedEnsemble` and is rebuilt as one.
+    :class:`~ermoe_ba.models.ensemble.ModelEnsemble` and is rebuilt as one, each member from
+    ``member_model_configs`` when the members differ (else all from ``model_config``).
 
     Returns
     -------
@@ -129,12 +130,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     path = Path(path)
     state, meta = _read(path, map_location)
-    config = ModelConfig.from_dict(meta["model_config"])
     preprocess = PreprocessConfig.from_dict(meta["preprocess"])
-    kwargs = {**meta.get("model_overrides", {}), **config.to_dict(), "preprocess": preprocess}
+    overrides = meta.get("model_overrides", {})
     size = int(meta.get("ensemble_size", 1))
-    members = [create_model(meta["model_name"], **kwargs) for _ in range(size)]
-    model = members[0] if size == 1 else SeedEnsemble(members)
+    configs = meta.get("member_model_configs") or [meta["model_config"]] * size
+    members = []
+    for config in configs:
+        kwargs = {**overrides, **ModelConfig.from_dict(config).to_dict(), "preprocess": preprocess}
+        members.append(create_model(meta["model_name"], **kwargs))
+    model = members[0] if size == 1 else ModelEnsemble(members)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

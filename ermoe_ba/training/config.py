@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ermoe_ba.models.config import check_choice
 from ermoe_ba.training.augment import AugmentConfig
 
-__all__ = ["TrainConfig", "member_configs"]
+__all__ = ["TrainConfig", "member_configs", "member_model_overrides"]
 
 
 @dataclass
@@ -108,3 +109,31 @@ def member_configs(config: TrainConfig, seeds: int) -> list[TrainConfig]:
     if seeds < 1:
         raise ValueError(f"seeds={seeds} must be >= 1")
     return [dataclasses.replace(config, seed=config.seed + 1000 * j) for j in range(seeds)]
+
+
+def member_model_overrides(
+    overrides: dict[str, Any], member_overrides: Sequence[dict[str, Any]] | None, seeds: int
+) -> list[dict[str, Any]]:
+    """The model overrides of each ensemble member: ``overrides`` updated by the member's own.
+
+    Without ``member_overrides`` every one of ``seeds`` members gets ``overrides`` (a seed
+    ensemble). With them there is one member per entry, e.g. ``[{}, {"stem": "conv_pool"}]``
+    for two stems; ``seeds`` must then be 1 or their number.
+
+    Examples
+    --------
+    >>> member_model_overrides({"router": "ermoe"}, [{}, {"stem": "conv_pool"}], 1)
+    [{'router': 'ermoe'}, {'router': 'ermoe', 'stem': 'conv_pool'}]
+    """
+    if member_overrides is None:
+        if seeds < 1:
+            raise ValueError(f"seeds={seeds} must be >= 1")
+        return [dict(overrides) for _ in range(seeds)]
+    if len(member_overrides) < 1:
+        raise ValueError("member_overrides needs at least one member (or None for a seed ensemble)")
+    if seeds not in (1, len(member_overrides)):
+        raise ValueError(
+            f"seeds={seeds} disagrees with {len(member_overrides)} member_overrides: "
+            "one member is trained per entry, so leave seeds at 1"
+        )
+    return [{**overrides, **member} for member in member_overrides]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ermoe_ba.training.classical import PcaRidgeBrainAge
-from ermoe_ba.training.config import TrainConfig, member_configs
+from ermoe_ba.training.config import TrainConfig, member_configs, member_model_overrides
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.loop import fit, predict
 from ermoe_ba.training.splits import FoldSplit
@@ -74,7 +74,9 @@ class DeepMethod:
 
     ``seeds > 1`` trains that many models per fold (weights, batch order and augmentation
     seeded apart) and averages their predictions: a seed ensemble, which damps the variance of
-    training on ~100 scans. Fold results then report each member's training and load metrics.
+    training on ~100 scans. ``member_overrides`` (one dict per member, over ``model_overrides``)
+    makes the members differ in architecture too, e.g. two stems. Fold results then report each
+    member's training and load metrics.
     """
 
     name: str
@@ -82,40 +84,56 @@ class DeepMethod:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: int = 1
+    member_overrides: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise ValueError(f"seeds={self.seeds} must be >= 1 (method {self.name!r})")
+        self.variants  # noqa: B018  (validate seeds and member_overrides now, not mid-run)
 
-    def build(self, data: VolumeSet, seed: int) -> torch.nn.Module:
-        """A freshly initialised model for ``data``'s grid (weights seeded by ``seed``)."""
+    @property
+    def variants(self) -> list[dict[str, Any]]:
+        """The model overrides of each member (one entry per trained model)."""
+        try:
+            return member_model_overrides(self.model_overrides, self.member_overrides, self.seeds)
+        except ValueError as err:
+            raise ValueError(f"{err} (method {self.name!r})") from None
+
+    def build(self, data: VolumeSet, seed: int, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+        """A freshly initialised model for ``data``'s grid (weights seeded by ``seed``).
+
+        ``overrides`` replace the method's ``model_overrides`` (one ensemble member's).
+        """
         import ermoe_ba.models.sfcn  # noqa: F401  (registers the CNN peer)
         from ermoe_ba.models import create_model
 
         torch.manual_seed(seed)
-        return create_model(self.model_name, preprocess=data.preprocess, **self.model_overrides)
+        chosen = self.model_overrides if overrides is None else overrides
+        return create_model(self.model_name, preprocess=data.preprocess, **chosen)
 
     def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
         """Train on ``split.train`` (early stopping on ``split.val``), predict val and test."""
         fold_recipe = dataclasses.replace(self.train, seed=self.train.seed + split.fold)
-        members = [self._fit_member(data, split, cfg) for cfg in member_configs(fold_recipe, self.seeds)]
+        variants = self.variants
+        recipes = member_configs(fold_recipe, len(variants))
+        members = [self._fit_member(data, split, cfg, variant) for cfg, variant in zip(recipes, variants, strict=True)]
         val_pred = np.mean([m["val_pred"] for m in members], axis=0)
         test_pred = np.mean([m["test_pred"] for m in members], axis=0)
         first = members[0]["info"]
         info = {**first, "train_seconds": sum(m["info"]["train_seconds"] for m in members)}
         info["inference_seconds_per_scan"] = sum(m["info"]["inference_seconds_per_scan"] for m in members)
         info["load"] = _mean_load([m["info"]["load"] for m in members])
-        if self.seeds > 1:
+        if len(members) > 1:
             info["members"] = [
                 {**{k: v for k, v in m["info"].items() if k != "history"}, "test_pred": m["test_pred"].tolist()}
                 for m in members
             ]
         return FoldPrediction(split.val, val_pred, test_pred, info)
 
-    def _fit_member(self, data: VolumeSet, split: FoldSplit, cfg: TrainConfig) -> dict[str, Any]:
+    def _fit_member(
+        self, data: VolumeSet, split: FoldSplit, cfg: TrainConfig, overrides: dict[str, Any]
+    ) -> dict[str, Any]:
         from ermoe_ba.routing.metrics import load_metrics
 
-        model = self.build(data, cfg.seed)
+        model = self.build(data, cfg.seed, overrides)
         vol, ages = data.volumes, data.ages
         result = fit(model, vol[split.train], ages[split.train], vol[split.val], ages[split.val], cfg)
         device = next(model.parameters()).device
@@ -150,6 +168,7 @@ class DeepMethod:
             "model_overrides": self.model_overrides,
             "train": self.train.to_dict(),
             **({"seeds": self.seeds} if self.seeds > 1 else {}),
+            **({"member_overrides": self.member_overrides} if self.member_overrides is not None else {}),
         }
 
 

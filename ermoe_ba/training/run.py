@@ -9,6 +9,7 @@ correction comes from held-out predictions of the same recipe, passed in as ``bi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 
 from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.checkpoint import build_meta, save_checkpoint
-from ermoe_ba.training.config import TrainConfig, member_configs
+from ermoe_ba.training.config import TrainConfig, member_configs, member_model_overrides
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.distributed import barrier, is_main_process
 from ermoe_ba.training.loop import FitResult, fit, predict
@@ -38,7 +39,7 @@ class TrainResult:
     bias_correction: AgeBiasCorrection
     val_metrics: dict[str, Any]
     meta: dict[str, Any]
-    model: Any = None  # the trained model (a SeedEnsemble when seeds > 1)
+    model: Any = None  # the trained model (a ModelEnsemble when it has several members)
 
 
 def check_validation_split(val_fraction: float, keep: str) -> None:
@@ -62,6 +63,7 @@ def train_brain_age(
     val_fraction: float = 0.15,
     seeds: int = 1,
     bias_correction: AgeBiasCorrection | None = None,
+    member_overrides: Sequence[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train ``model_name`` on the scans of ``data`` that have an age and save a checkpoint.
 
@@ -81,13 +83,18 @@ def train_brain_age(
         every scan and needs ``config.keep == "last"`` (there is no epoch to pick).
     seeds
         Train this many models on the same split with seeds ``config.seed + 1000 * j`` and
-        save them as one :class:`~ermoe_ba.models.ensemble.SeedEnsemble` checkpoint whose
+        save them as one :class:`~ermoe_ba.models.ensemble.ModelEnsemble` checkpoint whose
         prediction is their mean (the bias correction and validation metrics are the
         ensemble's).
     bias_correction
         Store this correction instead of fitting one on the validation scans, e.g.
         :func:`~ermoe_ba.training.bias.bias_correction_from_table` of out-of-fold predictions.
         Without it and without validation scans the checkpoint stores the identity.
+    member_overrides
+        One model-override dict per ensemble member, applied over ``model_overrides`` (see
+        :func:`~ermoe_ba.training.config.member_model_overrides`), e.g. ``[{}, {"stem":
+        "conv_pool", "stem_width": 8}]`` for an ensemble of two stems; member ``j`` trains with
+        seed ``config.seed + 1000 * j``. The checkpoint records every member's architecture.
 
     Examples
     --------
@@ -97,7 +104,7 @@ def train_brain_age(
     import torch
 
     import ermoe_ba.models.sfcn  # noqa: F401  (registers the CNN peer)
-    from ermoe_ba.models import SeedEnsemble, create_model
+    from ermoe_ba.models import ModelEnsemble, create_model
 
     cfg = config or TrainConfig()
     overrides = dict(model_overrides or {})
@@ -107,14 +114,15 @@ def train_brain_age(
         train_idx, val_idx = np.arange(len(data)), np.arange(0)
     else:
         train_idx, val_idx = train_val_split(data.ages, data.subject_ids, val_fraction=val_fraction, seed=cfg.seed)
-    recipes = member_configs(cfg, seeds)
+    variants = member_model_overrides(overrides, member_overrides, seeds)
+    recipes = member_configs(cfg, len(variants))
     vol, ages = data.volumes, data.ages
     members, results = [], []
-    for member_cfg in recipes:
+    for member_cfg, variant in zip(recipes, variants, strict=True):
         torch.manual_seed(member_cfg.seed)
-        members.append(create_model(model_name, preprocess=data.preprocess, **overrides))
+        members.append(create_model(model_name, preprocess=data.preprocess, **variant))
         results.append(fit(members[-1], vol[train_idx], ages[train_idx], vol[val_idx], ages[val_idx], member_cfg))
-    model = members[0] if seeds == 1 else SeedEnsemble(members)
+    model = members[0] if len(members) == 1 else ModelEnsemble(members)
     result = results[0]  # the target scaling is the same for every member (same training scans)
     device = next(model.parameters()).device
     val_pred = np.zeros(0)
@@ -141,11 +149,11 @@ def train_brain_age(
         training_data=training_data,
         extra={
             "train_config": cfg.to_dict(),
-            "best_epoch": result.best_epoch if seeds == 1 else [r.best_epoch for r in results],
+            "best_epoch": result.best_epoch if len(members) == 1 else [r.best_epoch for r in results],
             "validation_metrics": val_metrics,
             "train_seconds": round(sum(r.seconds for r in results), 1),
             "history": result.history,
-            **({"ensemble_size": seeds, "member_seeds": [r.seed for r in recipes]} if seeds > 1 else {}),
+            **(_ensemble_meta(members, recipes, member_overrides) if len(members) > 1 else {}),
         },
     )
     path = None
@@ -153,6 +161,15 @@ def train_brain_age(
         path = save_checkpoint(output, model, meta)
     barrier()
     return TrainResult(path, result, correction, val_metrics, meta, model)
+
+
+def _ensemble_meta(members: list, recipes: list[TrainConfig], member_overrides: Sequence[dict] | None) -> dict:
+    """Ensemble size and seeds; with member overrides, every member's overrides and config too."""
+    meta: dict[str, Any] = {"ensemble_size": len(members), "member_seeds": [r.seed for r in recipes]}
+    if member_overrides is not None:
+        meta["member_overrides"] = [dict(m) for m in member_overrides]
+        meta["member_model_configs"] = [m.config.to_dict() for m in members]
+    return meta
 
 
 def _fit_on_validation(ages: np.ndarray, val_pred: np.ndarray, val_idx: np.ndarray) -> AgeBiasCorrection:

@@ -3,8 +3,8 @@
     python pipelines/default_model/run.py [--cv-config CONFIG --cv-results REPORT --method NAME] [--all-scans]
 
 Recipe: method ``--method`` of the CV config ``--cv-config`` (default: ``ermoe`` of
-``pipelines/brain_age_cv/config.json``), including its seed ensemble (``seeds``: the checkpoint
-holds every member); the manifest quotes that method's cross-validated figures from
+``pipelines/brain_age_cv/config.json``), including its ensemble (``seeds`` or
+``member_overrides``: the checkpoint holds every member); the manifest quotes that method's cross-validated figures from
 ``--cv-results`` and records the command. The shipped model (v4) is ``ermoe`` of the v3 table
 with ``--all-scans``, i.e. ``python pipelines/default_model/run.py --all-scans`` (one ERMoE-ba at
 4 mm, 150 epochs, last epoch kept, all 129 scans; 13 min on one CPU core; it was made from the
@@ -80,6 +80,7 @@ def main() -> None:
         result = train_brain_age(
             data, checkpoint, method["model_name"], overrides, train, seeds=seeds,
             val_fraction=0.0 if args.all_scans else 0.15, bias_correction=correction,
+            member_overrides=method.get("member_overrides"),
         )  # fmt: skip
         seconds, meta, val_metrics = round(time.perf_counter() - start, 1), result.meta, result.val_metrics
     this_command = "python " + " ".join(shlex.quote(a) for a in ["pipelines/default_model/run.py", *sys.argv[1:]])
@@ -92,6 +93,7 @@ def main() -> None:
             "model_name": meta["model_name"],
             "model_config": meta["model_config"],
             "ensemble_size": meta.get("ensemble_size", 1),
+            **({"member_overrides": meta["member_overrides"]} if "member_overrides" in meta else {}),
         },
         "preprocess": meta["preprocess"],
         "training_data": {

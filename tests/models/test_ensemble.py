@@ -1,11 +1,11 @@
-"""SeedEnsemble: the mean of its members, one member's routing, one architecture."""
+"""ModelEnsemble: the mean of its members, one member's routing, one input grid."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ermoe_ba.models import SeedEnsemble
+from ermoe_ba.models import ModelEnsemble
 from ermoe_ba.models.config import ModelConfig
 from ermoe_ba.models.transformer import MoETransformer
 
@@ -22,7 +22,7 @@ def _members(n: int) -> list[MoETransformer]:
 
 def test_output_is_the_mean_of_the_members_and_routing_is_the_first_members():
     members = _members(3)
-    ensemble = SeedEnsemble(members).eval()
+    ensemble = ModelEnsemble(members).eval()
     x = torch.randn(2, 1, 16, 16, 16)
     with torch.no_grad():
         out = ensemble(x, capture_routing=True)
@@ -35,9 +35,15 @@ def test_output_is_the_mean_of_the_members_and_routing_is_the_first_members():
     assert ensemble.config == CFG and ensemble.grid_size == (2, 2, 2)
 
 
-def test_members_of_different_architectures_are_refused():
-    other = MoETransformer(ModelConfig(img_size=(16, 16, 16), patch_size=8, embed_dim=32, depth=2, num_heads=2))
-    with pytest.raises(ValueError, match="share one architecture"):
-        SeedEnsemble([*_members(1), other])
+def test_members_may_differ_in_architecture_but_not_in_input_grid():
+    other_stem = MoETransformer(ModelConfig(**{**CFG.to_dict(), "stem": "conv_pool", "stem_width": 4})).eval()
+    ensemble = ModelEnsemble([*_members(1), other_stem]).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ensemble(x).output, (ensemble.members[0](x).output + other_stem(x).output) / 2)
+    assert ensemble.config == CFG  # the first member's
+    other_grid = MoETransformer(ModelConfig(img_size=(32, 16, 16), patch_size=8, embed_dim=16, depth=2, num_heads=2))
+    with pytest.raises(ValueError, match="share one input grid"):
+        ModelEnsemble([*_members(1), other_grid])
     with pytest.raises(ValueError, match="at least one member"):
-        SeedEnsemble([])
+        ModelEnsemble([])

@@ -83,13 +83,13 @@ def test_train_brain_age_stores_target_stats_bias_and_data_description(tmp_path,
 
 
 def test_seed_ensemble_trains_saves_and_loads_as_the_mean_of_its_members(tmp_path, synthetic):
-    from ermoe_ba.models import SeedEnsemble
+    from ermoe_ba.models import ModelEnsemble
 
     cfg = TrainConfig(epochs=2, batch_size=8, progress=False, device="cpu", augment=AugmentConfig(kind="none"))
     tiny = {"patch_size": 8, "embed_dim": 16, "num_heads": 2, "depth": 2}
     result = train_brain_age(synthetic, tmp_path / "ens.safetensors", "ermoe_ba_tiny", tiny, cfg, seeds=2)
     model, meta = load_checkpoint(result.checkpoint)
-    assert isinstance(model, SeedEnsemble) and len(model.members) == 2
+    assert isinstance(model, ModelEnsemble) and len(model.members) == 2
     assert meta["ensemble_size"] == 2 and meta["member_seeds"] == [0, 1000]
     x = synthetic.volumes[:4].float()
     with torch.no_grad():
@@ -99,6 +99,27 @@ def test_seed_ensemble_trains_saves_and_loads_as_the_mean_of_its_members(tmp_pat
     assert not torch.allclose(members[0], members[1])  # two trainings, not one copied
     with pytest.raises(ValueError, match="seeds=0"):
         train_brain_age(synthetic, None, "ermoe_ba_tiny", tiny, cfg, seeds=0)
+
+
+def test_two_stem_ensemble_records_each_members_architecture_and_loads_back(tmp_path, synthetic):
+    from ermoe_ba.models import ModelEnsemble
+
+    cfg = TrainConfig(epochs=2, batch_size=8, progress=False, device="cpu", augment=AugmentConfig(kind="none"))
+    tiny = {"patch_size": 8, "embed_dim": 16, "num_heads": 2, "depth": 2}
+    stems = [{}, {"stem": "conv_pool", "stem_width": 4}]
+    result = train_brain_age(
+        synthetic, tmp_path / "stems.safetensors", "ermoe_ba_tiny", tiny, cfg, member_overrides=stems
+    )
+    model, meta = load_checkpoint(result.checkpoint)
+    assert isinstance(model, ModelEnsemble)
+    assert [m.config.stem for m in model.members] == [create_model("ermoe_ba_tiny").config.stem, "conv_pool"]
+    assert meta["ensemble_size"] == 2 and meta["member_overrides"] == stems
+    assert [c["stem"] for c in meta["member_model_configs"]] == [m.config.stem for m in model.members]
+    x = synthetic.volumes[:4].float()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).output, result.model.eval()(x).output, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="seeds=3 disagrees with 2 member_overrides"):
+        train_brain_age(synthetic, None, "ermoe_ba_tiny", tiny, cfg, seeds=3, member_overrides=stems)
 
 
 def test_training_on_every_scan_needs_keep_last_and_stores_the_given_correction(synthetic):

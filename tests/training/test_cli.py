@@ -42,6 +42,9 @@ def test_bad_option_is_a_usage_error_with_a_hint(tmp_path, option, value, hint):
     [
         (["--val-fraction", "0"], "use it with --keep last"),
         (["--calibration", "missing.csv"], "missing.csv: cannot read"),
+        (["--member", "{stem"], "--member '{stem' is not a JSON object"),
+        (["--member", "{}", "--member", '{"stem": "sfcn"}'], "conv_pool"),
+        (["--seeds", "3", "--member", "{}", "--member", "{}"], "seeds=3 disagrees with 2 member_overrides"),
     ],
 )
 def test_training_on_every_scan_needs_keep_last_and_a_readable_calibration(tmp_path, extra, problem):
@@ -68,6 +71,18 @@ def test_keep_last_trains_every_epoch_and_records_the_recipe(tmp_path, real_scan
     meta = read_meta(ckpt)
     assert meta["train_config"]["keep"] == "last" and meta["train_config"]["patience"] == 0
     assert len(meta["history"]) == 3 and meta["best_epoch"] == 2
+
+
+def test_member_options_train_a_two_stem_ensemble_on_real_scans(tmp_path, real_scans):
+    table = _scans_table(tmp_path, real_scans)
+    ckpt = tmp_path / "stems.safetensors"
+    args = ["train", str(table), "-o", str(ckpt), "--epochs", "1", "--batch-size", "2", "--no-progress",
+            "--val-fraction", "0.25", "--augment", "none", "--member", "{}", "--member", '{"stem": "conv_pool", "stem_width": 4}']  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = read_meta(ckpt)
+    assert meta["ensemble_size"] == 2 and meta["member_seeds"] == [0, 1000]
+    assert [c["stem"] for c in meta["member_model_configs"]] == ["conv", "conv_pool"]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -142,6 +143,24 @@ def test_seed_ensemble_averages_its_members(tmp_path, synthetic, folds):
         assert load["cv"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="seeds=0"):
         DeepMethod("bad", "ermoe_ba_tiny", tiny, recipe, seeds=0)
+
+
+def test_member_overrides_train_one_member_per_architecture(tmp_path, synthetic, folds):
+    recipe = TrainConfig(epochs=1, batch_size=8, progress=False, num_threads=1, augment=AugmentConfig(kind="none"))
+    tiny = {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "depth": 2}
+    stems = [{}, {"stem": "conv_pool", "stem_width": 4}]
+    method = DeepMethod("stems", "ermoe_ba_tiny", tiny, recipe, member_overrides=stems)
+    assert method.variants == [tiny, {**tiny, **stems[1]}]
+    result = method.fit_predict(synthetic, folds[0])
+    assert len(result.info["members"]) == 2
+    alone = DeepMethod("pool", "ermoe_ba_tiny", {**tiny, **stems[1]}, dataclasses.replace(recipe, seed=1000))
+    np.testing.assert_allclose(
+        result.info["members"][1]["test_pred"], alone.fit_predict(synthetic, folds[0]).test_pred, atol=1e-4
+    )  # member 1 is the conv_pool stem with seed + 1000
+    assert method.describe()["member_overrides"] == stems
+    assert "member_overrides" not in DeepMethod("one", "ermoe_ba_tiny", tiny, recipe).describe()
+    with pytest.raises(ValueError, match="method 'bad'"):
+        DeepMethod("bad", "ermoe_ba_tiny", tiny, recipe, seeds=3, member_overrides=stems)
 
 
 def test_summary_reports_single_members_of_seed_ensembles():
