@@ -6,8 +6,10 @@ Each ensemble averages, scan by scan, the test predictions of its members' fold 
 (``<run>/<method>/fold<k>.json``; see :mod:`ermoe_ba.training.posthoc_ensemble`), so it costs no
 training. Without ``--ensemble`` it evaluates the default set below: for each deep method of the
 main table, a pair of models of equal cost (two stems for the transformers, two seeds for the
-CNN), plus the single members for reference. Paths are relative to ``bench/results``. Writes
-``bench/results/ensemble_cv.json``.
+CNN), and two mixed pairs. Paths are relative to ``bench/results``. Writes
+``bench/results/ensemble_cv.json`` and, for each ensemble with every fold, its pooled test
+predictions to ``bench/results/ensemble_cv_folds/<name>/out_of_fold.csv`` (the calibration table
+``pipelines/default_model/run.py --all-scans`` fits a bundled ensemble's bias correction on).
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from pathlib import Path
 
 from _report import emit
 
+from ermoe_ba.atomic import write_text_atomic
+from ermoe_ba.training.cv import OUT_OF_FOLD_FILE, out_of_fold_table
 from ermoe_ba.training.posthoc_ensemble import average_fold_predictions, load_fold_results, summarize_ensemble
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FOLDS_OUT = RESULTS / "ensemble_cv_folds"
+N_FOLDS = 5
 MAIN, STEM, SFCN_SEED1 = "brain_age_cv_folds", "probes/conv_pool_stem", "probes/sfcn_seed1"
 DEFAULT_ENSEMBLES = {
     "ermoe_two_stems": [f"{MAIN}/ermoe", f"{STEM}/ermoe_conv_pool"],
@@ -65,6 +71,8 @@ def main() -> None:
             result["skipped"][name] = str(error)
             continue
         result["ensembles"][name] = {"members": members, **_rounded(summarize_ensemble(folds))}
+        if len(folds) == N_FOLDS and not args.no_save:
+            write_text_atomic(out_of_fold_table(folds).to_csv(index=False), FOLDS_OUT / name / OUT_OF_FOLD_FILE)
     emit(result, None if args.no_save else RESULTS / "ensemble_cv.json")
 
 
