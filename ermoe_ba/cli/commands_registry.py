@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ermoe_ba.cli import (  # noqa: F401
+    combine,
     demo,
     evaluate,
     maps,

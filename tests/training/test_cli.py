@@ -77,7 +77,8 @@ def test_member_options_train_a_two_stem_ensemble_on_real_scans(tmp_path, real_s
     table = _scans_table(tmp_path, real_scans)
     ckpt = tmp_path / "stems.safetensors"
     args = ["train", str(table), "-o", str(ckpt), "--epochs", "1", "--batch-size", "2", "--no-progress",
-            "--val-fraction", "0.25", "--augment", "none", "--member", "{}", "--member", '{"stem": "conv_pool", "stem_width": 4}']  # fmt: skip
+            "--val-fraction", "0.25", "--augment", "none",
+            "--member", "{}", "--member", '{"stem": "conv_pool", "stem_width": 4}']  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     meta = read_meta(ckpt)

@@ -1,0 +1,47 @@
+"""``ermoe-ba combine``: average separately trained checkpoints into one ensemble checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ermoe_ba.cli.main import app
+
+__all__ = ["combine"]
+
+
+@app.command()
+def combine(
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Two or more checkpoints of one model, trained on the same scans."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Ensemble checkpoint to write (.safetensors or .pt)."),
+    calibration: Path | None = typer.Option(
+        None,
+        "--calibration",
+        help="CSV/TSV of the ensemble's held-out predictions (columns age, predicted_age) to fit its stored "
+        "bias correction on; without it the ensemble stores none (a member's own correction does not fit it).",
+    ),
+) -> None:
+    """Combine members trained apart (other cores, machines or GPUs) into one ensemble; prints one JSON line.
+
+    Members may differ in architecture options (e.g. --set stem=conv_pool) and seed, not in model
+    name, grid, target scaling or training scans: train seed-diverse members apart with
+    --val-fraction 0 --keep last (each seed draws its own validation split otherwise), or use
+    ermoe-ba train --seeds N. Exit code 2 on usage errors.
+    """
+    from ermoe_ba.training.bias import bias_correction_from_table
+    from ermoe_ba.training.checkpoint import read_meta
+    from ermoe_ba.training.combine import combine_checkpoints
+
+    try:
+        correction = bias_correction_from_table(calibration) if calibration is not None else None
+        path = combine_checkpoints(checkpoints, out, correction)
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    meta = read_meta(path)
+    line = {"checkpoint": str(path), "members": meta["ensemble_size"], "bias_correction": meta["bias_correction"]}
+    typer.echo(json.dumps(line))
