@@ -68,7 +68,7 @@ def main() -> None:
             runs = [load_fold_results(RESULTS / member) for member in members]
             folds = average_fold_predictions(runs)
         except (FileNotFoundError, ValueError) as error:
-            result["skipped"][name] = str(error)
+            result["skipped"][name] = str(error).replace(f"{RESULTS}/", "")
             continue
         result["ensembles"][name] = {"members": members, **_rounded(summarize_ensemble(folds))}
         if len(folds) == N_FOLDS and not args.no_save:

@@ -32,6 +32,7 @@ from ermoe_ba.inference.pretrained import register_bundled_model
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.bias import AgeBiasCorrection, bias_correction_from_table
 from ermoe_ba.training.checkpoint import read_meta
+from ermoe_ba.training.combine import combine_checkpoints
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.cv import OUT_OF_FOLD_FILE
 from ermoe_ba.training.data import load_cohort
@@ -57,21 +58,34 @@ def main() -> None:
     parser.add_argument(
         "--register-only", action="store_true", help="Keep the trained checkpoint; refresh its manifest entry"
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="MEMBER",
+        help="Train nothing: combine these member checkpoints (each made by this script with --all-scans) "
+        "into the bundled ensemble, with the bias correction fitted on --method's out_of_fold.csv beside "
+        "--cv-results (e.g. bench/results/ensemble_cv.json and ermoe_two_stems)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    cv_config = json.loads(args.cv_config.read_text())
-    method = next(m for m in cv_config["methods"] if m["name"] == args.method)
-    train = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
     checkpoint = args.weights_dir / f"{args.name}.safetensors"
     previous: dict = {}  # the manifest entry being refreshed (register-only keeps its training facts)
-    if args.register_only:
+    if args.combine:
+        combine_checkpoints(args.combine, checkpoint, out_of_fold_correction(args.cv_results, args.method))
+        meta = read_meta(checkpoint)
+        seconds, val_metrics = meta["train_seconds"], {}
+    elif args.register_only:
         meta = read_meta(checkpoint)
         manifest = args.weights_dir / "manifest.json"
         previous = json.loads(manifest.read_text())["models"].get(args.name, {}) if manifest.is_file() else {}
         seconds = meta.get("train_seconds", previous.get("train_seconds"))
         val_metrics = meta.get("validation_metrics", {})
     else:
+        cv_config = json.loads(args.cv_config.read_text())
+        method = next(m for m in cv_config["methods"] if m["name"] == args.method)
+        train = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
         preprocess = PreprocessConfig.from_dict(cv_config.get("preprocess", {}))
         data = load_cohort(DEV_SET, preprocess=preprocess, workers=args.workers, progress=False)
         start = time.perf_counter()
@@ -87,7 +101,8 @@ def main() -> None:
     cv = {}
     if args.cv_results.is_file():
         report = json.loads(args.cv_results.read_text())
-        cv = report.get("methods", {}).get(args.method, {}) or report.get(args.method, {})
+        sections = (report.get("methods", {}), report.get("ensembles", {}), report)
+        cv = next((section[args.method] for section in sections if args.method in section), {})
     details = {
         "architecture": {
             "model_name": meta["model_name"],
