@@ -1,20 +1,36 @@
 """Train the bundled default model on every development scan and register it in the package.
 
     python pipelines/default_model/run.py [--cv-config CONFIG --cv-results REPORT --method NAME] [--all-scans]
+    python pipelines/default_model/run.py --combine MEMBER.safetensors ... --cv-results REPORT --method NAME
 
 Recipe: method ``--method`` of the CV config ``--cv-config`` (default: ``ermoe`` of
 ``pipelines/brain_age_cv/config.json``), including its ensemble (``seeds`` or
-``member_overrides``: the checkpoint holds every member); the manifest quotes that method's cross-validated figures from
-``--cv-results`` and records the command. The shipped model (v4) is ``ermoe`` of the v3 table
-with ``--all-scans``, i.e. ``python pipelines/default_model/run.py --all-scans`` (one ERMoE-ba at
-4 mm, 150 epochs, last epoch kept, all 129 scans; 13 min on one CPU core; it was made from the
-same folds in their probe folder, ``ermoe_150`` of ``bench/results/probes/long_training/``).
-Check a new model with ``pytest -m slow tests/inference/test_bundled_model.py`` before committing
-it: the v2 ensemble and the disjoint-bases model were not shipped because they failed the
-re-encoding check there (README, "The model").
+``member_overrides``: the checkpoint holds every member); the manifest quotes that method's
+cross-validated figures from ``--cv-results`` and records the command.
 ``--all-scans`` trains on every development scan (no validation split; keep-last recipes only)
 and fits the stored age-bias correction on the method's out-of-fold predictions from the CV run
 (the ``out_of_fold.csv`` the CV writes beside its fold files), instead of on ~19 validation scans.
+``--combine`` trains nothing: it averages member checkpoints made with ``--all-scans`` into one
+ensemble (:func:`ermoe_ba.training.combine.combine_checkpoints`), its correction fitted on the
+ensemble's out-of-fold table that ``bench/ensemble_cv.py`` writes.
+
+The shipped model (v5) is the two-stem ERMoE-ba ensemble ``ermoe_two_stems``; its members train
+at the same time, one per core (21 min wall on this 2-core machine), then combine::
+
+    python pipelines/default_model/run.py --cv-config bench/results/probes/long_training/config.json \
+        --cv-results bench/results/probes/long_training/report.json --method ermoe_150 --all-scans \
+        --name ermoe --weights-dir runs/default_members --workers 1          # 13 min (the v4 model)
+    python pipelines/default_model/run.py --cv-config bench/results/probes/conv_pool_stem/config.json \
+        --cv-results bench/results/probes/conv_pool_stem/report.json --method ermoe_conv_pool --all-scans \
+        --name ermoe_conv_pool --weights-dir runs/default_members --workers 1   # 21 min
+    python bench/ensemble_cv.py   # the ensemble's out-of-fold table, from the members' CV runs
+    python pipelines/default_model/run.py --combine runs/default_members/ermoe.safetensors \
+        runs/default_members/ermoe_conv_pool.safetensors --cv-results bench/results/ensemble_cv.json \
+        --method ermoe_two_stems
+
+Check a new model with ``pytest -m slow tests/inference/test_bundled_model.py`` before committing
+it: the v2 ensemble and the disjoint-bases model were not shipped because they failed the
+re-encoding check there (README, "The model").
 Training data: the IXI-HH development set; the weights are therefore CC BY-SA 3.0.
 """
 
