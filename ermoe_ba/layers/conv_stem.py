@@ -68,26 +68,16 @@ class ConvStemEmbed(PatchEmbed):
                 "use stem='linear' for other sizes."
             )
         check_choice("downsample", downsample, ("stride", "maxpool"))
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        norm = nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
-        depth = max(stages)
-        strides = [tuple(2 if i < s else 1 for s in stages) for i in range(depth)]
-        if downsample == "stride":
-            self.proj = _strided_stages(conv, norm, in_chans, embed_dim, stem_width, strides)
-        else:
-            pool = nn.MaxPool3d if spatial_dims == 3 else nn.MaxPool2d
-            self.proj = _pooled_stages(conv, norm, pool, in_chans, embed_dim, stem_width, strides)
+        strides = [tuple(2 if i < s else 1 for s in stages) for i in range(max(stages))]
+        build = _strided_stages if downsample == "stride" else _pooled_stages
+        self.proj = build(spatial_dims, in_chans, embed_dim, stem_width, strides)
 
 
 def _strided_stages(
-    conv: type[nn.Module],
-    norm: type[nn.Module],
-    in_chans: int,
-    embed_dim: int,
-    width: int,
-    strides: list[tuple[int, ...]],
+    dims: int, in_chans: int, embed_dim: int, width: int, strides: list[tuple[int, ...]]
 ) -> nn.Sequential:
     """Stride-2 conv (+ BatchNorm, GELU) per stage; the last stage's conv outputs the tokens."""
+    conv, norm = (nn.Conv3d, nn.BatchNorm3d) if dims == 3 else (nn.Conv2d, nn.BatchNorm2d)
     layers: list[nn.Module] = []
     channels = in_chans
     for i, stride in enumerate(strides):
@@ -100,15 +90,12 @@ def _strided_stages(
 
 
 def _pooled_stages(
-    conv: type[nn.Module],
-    norm: type[nn.Module],
-    pool: type[nn.Module],
-    in_chans: int,
-    embed_dim: int,
-    width: int,
-    strides: list[tuple[int, ...]],
+    dims: int, in_chans: int, embed_dim: int, width: int, strides: list[tuple[int, ...]]
 ) -> nn.Sequential:
     """SFCN stages (conv, BatchNorm, max-pool, ReLU), then a 1x1 conv to the token width."""
+    conv, norm, pool = (
+        (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d) if dims == 3 else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
+    )
     layers: list[nn.Module] = []
     channels = in_chans
     for i, stride in enumerate(strides):
