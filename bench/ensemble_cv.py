@@ -1,4 +1,4 @@
-"""Benchmark: post-hoc 2-model ensembles of finished CV runs (same folds); prints one JSON line.
+"""Benchmark: post-hoc ensembles of finished CV runs (same folds); prints one JSON line.
 
     python bench/ensemble_cv.py [--ensemble NAME=RUN_DIR,RUN_DIR ...] [--no-save]
 
@@ -6,9 +6,10 @@ Each ensemble averages, scan by scan, the test predictions of its members' fold 
 (``<run>/<method>/fold<k>.json``; see :mod:`ermoe_ba.training.posthoc_ensemble`), so it costs no
 training. Without ``--ensemble`` it evaluates the default set below: for each deep method of the
 main table, a pair of models of equal cost (two stems for the transformers, two seeds for the
-CNN), and two mixed pairs. Paths are relative to ``bench/results``. Writes
-``bench/results/ensemble_cv.json`` and, for each ensemble with every fold, its pooled test
-predictions to ``bench/results/ensemble_cv_folds/<name>/out_of_fold.csv`` (the calibration table
+CNN), two mixed pairs, and each equal-cost pair with the PCA + ridge model added (hybrids).
+Paths are relative to ``bench/results``. Writes ``bench/results/ensemble_cv.json`` and, for each
+ensemble with every fold, its pooled test predictions to
+``bench/results/ensemble_cv_folds/<name>/out_of_fold.csv`` (the calibration table
 ``pipelines/default_model/run.py --all-scans`` fits a bundled ensemble's bias correction on).
 """
 
@@ -35,6 +36,13 @@ DEFAULT_ENSEMBLES = {
     "ermoe_and_sfcn": [f"{MAIN}/ermoe", f"{MAIN}/sfcn"],
     "sfcn_and_pca_ridge": [f"{MAIN}/sfcn", f"{MAIN}/pca_ridge"],
 }
+# hybrids: each equal-cost pair above plus the linear model (seconds to fit); the first is the default model
+DEFAULT_ENSEMBLES.update(
+    {
+        f"{pair}_and_pca_ridge": [*DEFAULT_ENSEMBLES[pair], f"{MAIN}/pca_ridge"]
+        for pair in ("ermoe_two_stems", "softmax_two_stems", "dense_two_stems", "sfcn_two_seeds")
+    }
+)
 
 
 def parse_ensemble(text: str) -> tuple[str, list[str]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ermoe_ba.models import brain_age, sfcn, vit  # noqa: F401  (registers the variants)
+from ermoe_ba.models import brain_age, sfcn, vit, voxel_linear  # noqa: F401  (registers the variants)
 from ermoe_ba.models.config import ROUTERS, ModelConfig, PreprocessConfig
 from ermoe_ba.models.ensemble import ModelEnsemble
 from ermoe_ba.models.registry import create_model, is_model, list_models, register_model

@@ -112,7 +112,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     A checkpoint with ``ensemble_size`` > 1 in its metadata holds a
     :class:`~ermoe_ba.models.ensemble.ModelEnsemble` and is rebuilt as one, each member from
-    ``member_model_configs`` when the members differ (else all from ``model_config``).
+    ``member_model_configs`` when the members differ (else all from ``model_config``) and as the
+    registered model ``member_model_names`` names when those differ (else ``model_name``).
 
     Returns
     -------
@@ -131,13 +132,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     state, meta = _read(path, map_location)
     preprocess = PreprocessConfig.from_dict(meta["preprocess"])
-    overrides = meta.get("model_overrides", {})
     size = int(meta.get("ensemble_size", 1))
     configs = meta.get("member_model_configs") or [meta["model_config"]] * size
+    names = meta.get("member_model_names") or [meta["model_name"]] * size
+    # members of different models (a hybrid ensemble) carry their own overrides only
+    overrides = {} if "member_model_names" in meta else meta.get("model_overrides", {})
     members = []
-    for config in configs:
+    for name, config in zip(names, configs, strict=True):
         kwargs = {**overrides, **ModelConfig.from_dict(config).to_dict(), "preprocess": preprocess}
-        members.append(create_model(meta["model_name"], **kwargs))
+        members.append(create_model(name, **kwargs))
     model = members[0] if size == 1 else ModelEnsemble(members)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

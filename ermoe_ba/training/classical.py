@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
@@ -19,24 +18,24 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-__all__ = ["PcaRidgeBrainAge", "downsample_voxels"]
+from ermoe_ba.models import PreprocessConfig, create_model
+from ermoe_ba.models.voxel_linear import VoxelLinear, pool_voxels
+
+__all__ = ["PcaRidgeBrainAge", "downsample_voxels", "voxel_linear_from_pca_ridge"]
 
 
 def downsample_voxels(volumes: torch.Tensor, factor: int) -> np.ndarray:
     """Average-pool ``(n, 1, R, A, S)`` volumes by ``factor`` and flatten to ``(n, voxels)`` float32.
+
+    The same pooling as :class:`~ermoe_ba.models.voxel_linear.VoxelLinear`, in chunks of 16 scans.
 
     Examples
     --------
     >>> downsample_voxels(torch.ones(2, 1, 6, 6, 6), 3).shape
     (2, 8)
     """
-    if factor < 1:
-        raise ValueError(f"downsampling factor must be >= 1, got {factor}")
-    out = []
-    for start in range(0, volumes.shape[0], 16):
-        x = volumes[start : start + 16].float()
-        out.append(F.avg_pool3d(x, factor) if factor > 1 else x)
-    return torch.cat(out).flatten(1).numpy()
+    chunks = [pool_voxels(volumes[i : i + 16], factor) for i in range(0, volumes.shape[0], 16)]
+    return torch.cat(chunks).numpy()
 
 
 @dataclass
@@ -71,6 +70,7 @@ class PcaRidgeBrainAge:
     seed: int = 0
     search_: GridSearchCV | None = field(default=None, init=False, repr=False)
     keep_: np.ndarray | None = field(default=None, init=False, repr=False)
+    n_voxels_: int = field(default=0, init=False, repr=False)
 
     def _pipeline(self) -> Pipeline:
         return Pipeline(
@@ -89,6 +89,7 @@ class PcaRidgeBrainAge:
         """Choose the ridge penalty by inner CV on these scans, then refit on all of them."""
         ages = np.asarray(ages, dtype=np.float64)
         x = downsample_voxels(volumes, self.factor)
+        self.n_voxels_ = x.shape[1]
         self.keep_ = np.flatnonzero(np.abs(x).max(axis=0) > 0)
         x = x[:, self.keep_]
         inner = KFold(self.inner_folds, shuffle=True, random_state=self.seed)
@@ -111,7 +112,45 @@ class PcaRidgeBrainAge:
         inner = KFold(self.inner_folds, shuffle=True, random_state=self.seed + 1)
         return cross_val_predict(self.search_.best_estimator_, self._features(volumes), np.asarray(ages), cv=inner)
 
+    def linear_map(self) -> tuple[np.ndarray, float]:
+        """The fitted pipeline as one linear map on the pooled voxels: ``age = x @ w + b``.
+
+        Scaling, PCA (not whitened) and ridge are all affine, so their composition is exact;
+        voxels dropped at fit time get weight 0. Returns ``w`` over every pooled voxel and ``b``.
+        """
+        if self.search_ is None or self.keep_ is None:
+            raise RuntimeError("PcaRidgeBrainAge.linear_map called before fit")
+        pipe = self.search_.best_estimator_
+        scale, pca, ridge = pipe.named_steps["scale"], pipe.named_steps["pca"], pipe.named_steps["ridge"]
+        in_pca = pca.components_.T @ np.ravel(ridge.coef_)  # weights on the standardised voxels
+        kept = in_pca / scale.scale_
+        bias = float(np.ravel(ridge.intercept_)[0] - pca.mean_ @ in_pca - scale.mean_ @ kept)
+        weight = np.zeros(self.n_voxels_, dtype=np.float64)
+        weight[self.keep_] = kept
+        return weight, bias
+
     @property
     def best_alpha(self) -> float:
         """The ridge penalty the inner CV chose."""
         return float(self.search_.best_params_["ridge__alpha"]) if self.search_ is not None else float("nan")
+
+
+def voxel_linear_from_pca_ridge(
+    model: PcaRidgeBrainAge, preprocess: PreprocessConfig, target_mean: float, target_std: float
+) -> VoxelLinear:
+    """A fitted PCA + ridge model as a registered ``voxel_ridge`` module on the ``preprocess`` grid.
+
+    The module predicts the standardised age ``(age - target_mean) / target_std``, like the deep
+    models, so it can join their :class:`~ermoe_ba.models.ensemble.ModelEnsemble`.
+    """
+    module = create_model("voxel_ridge", preprocess=preprocess, input_pool=model.factor)
+    if module.weight[0].numel() != model.n_voxels_:
+        raise ValueError(
+            f"the PCA + ridge model was fitted on {model.n_voxels_} pooled voxels, the grid "
+            f"{tuple(preprocess.grid_shape)} pooled by {model.factor} has {module.weight[0].numel()}"
+        )
+    weight, bias = model.linear_map()
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(weight / target_std).view_as(module.weight))
+        module.bias.fill_((bias - target_mean) / target_std)
+    return module

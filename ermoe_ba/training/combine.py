@@ -3,10 +3,13 @@
 Members of an ensemble need not train in one process: train each with ``ermoe-ba train`` (on
 several cores, machines or GPUs at once, with its own ``--seed`` and ``--set`` options), then
 average them with :func:`combine_checkpoints`. The result loads like any checkpoint (a
-:class:`~ermoe_ba.models.ensemble.ModelEnsemble`). Members must be the same registered model
-(architecture options may differ, e.g. the stem), conformed to the same grid and trained on the
-same scans, so that they share the target scaling the ensemble applies once. A member's own
-age-bias correction was fitted to that member's predictions, not the ensemble's, so the combined
+:class:`~ermoe_ba.models.ensemble.ModelEnsemble`). Members must share the grid they are
+conformed to and the scans they were trained on, so that they share the target scaling the
+ensemble applies once; architecture options may differ (e.g. the stem), and so may the model: a
+hybrid ensemble mixes registered models, e.g. two ERMoE-ba stems and the linear ``voxel_ridge``
+model of :func:`~ermoe_ba.training.voxel_ridge.train_voxel_ridge` (the checkpoint then records
+each member's model name; the first member's is the ensemble's). A member's own age-bias
+correction was fitted to that member's predictions, not the ensemble's, so the combined
 checkpoint stores the correction it is given (e.g. from out-of-fold predictions of the ensemble,
 :func:`~ermoe_ba.training.bias.bias_correction_from_table`) or none.
 """
@@ -23,7 +26,7 @@ from ermoe_ba.training.checkpoint import build_meta, load_checkpoint, save_check
 
 __all__ = ["combine_checkpoints"]
 
-_SAME = ("model_name", "preprocess", "target", "training_data")
+_SAME = ("preprocess", "target", "training_data")
 
 
 def combine_checkpoints(
@@ -34,7 +37,7 @@ def combine_checkpoints(
     Parameters
     ----------
     paths
-        Two or more single-model checkpoints of one registered model, trained on the same scans.
+        Two or more single-model checkpoints trained on the same scans.
     output
         Where to write the ensemble (``.safetensors`` or ``.pt``), atomically.
     bias_correction
@@ -48,9 +51,9 @@ def combine_checkpoints(
     Raises
     ------
     ValueError
-        Fewer than two members, a member that is already an ensemble, or a member whose model
-        name, grid, target scaling or training scans differ from the first's (the message names
-        the file and the field).
+        Fewer than two members, a member that is already an ensemble, or a member whose grid,
+        target scaling or training scans differ from the first's (the message names the file and
+        the field).
     """
     from ermoe_ba.models import ModelEnsemble
 
@@ -69,6 +72,7 @@ def combine_checkpoints(
     ensemble = ModelEnsemble(models)
     correction = bias_correction or AgeBiasCorrection()
     metas = [meta for _, meta in loaded]
+    names = [m["model_name"] for m in metas]
     meta = build_meta(
         ensemble,
         first_meta["model_name"],
@@ -84,6 +88,7 @@ def combine_checkpoints(
             "member_seeds": [m.get("train_config", {}).get("seed") for m in metas],
             "member_overrides": [m.get("model_overrides", {}) for m in metas],
             "member_model_configs": [m["model_config"] for m in metas],
+            **({"member_model_names": names} if len(set(names)) > 1 else {}),
             "combined_from": [_describe_file(p) for p in paths],
         },
     )

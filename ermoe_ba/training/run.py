@@ -25,7 +25,7 @@ from ermoe_ba.training.loop import FitResult, fit, predict
 from ermoe_ba.training.metrics import brain_age_metrics
 from ermoe_ba.training.splits import train_val_split
 
-__all__ = ["TrainResult", "check_validation_split", "train_brain_age"]
+__all__ = ["TrainResult", "check_validation_split", "describe_training_data", "train_brain_age"]
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,6 @@ def train_brain_age(
         val_metrics = {"n": len(val_idx), "mae": float(np.abs(val_pred - ages[val_idx]).mean())}
     else:
         val_metrics = {"n": 0}
-    training_data = {
-        **data.subset(train_idx).describe(),
-        "validation_subject_ids": [data.subject_ids[i] for i in val_idx],
-    }
     meta = build_meta(
         model,
         model_name,
@@ -146,7 +142,7 @@ def train_brain_age(
         preprocess=data.preprocess,
         target=result.scaler.to_dict(),
         bias_correction=correction.to_dict(),
-        training_data=training_data,
+        training_data=describe_training_data(data, train_idx, val_idx),
         extra={
             "train_config": cfg.to_dict(),
             "best_epoch": result.best_epoch if len(members) == 1 else [r.best_epoch for r in results],
@@ -161,6 +157,17 @@ def train_brain_age(
         path = save_checkpoint(output, model, meta)
     barrier()
     return TrainResult(path, result, correction, val_metrics, meta, model)
+
+
+def describe_training_data(data: VolumeSet, train_idx: np.ndarray, val_idx: np.ndarray) -> dict[str, Any]:
+    """The checkpoint's ``training_data``: the training scans and the validation subjects.
+
+    Checkpoints can be combined only when this agrees, so every trainer writes it through here.
+    """
+    return {
+        **data.subset(train_idx).describe(),
+        "validation_subject_ids": [data.subject_ids[i] for i in val_idx],
+    }
 
 
 def _ensemble_meta(members: list, recipes: list[TrainConfig], member_overrides: Sequence[dict] | None) -> dict:

@@ -53,6 +53,7 @@ from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.cv import OUT_OF_FOLD_FILE
 from ermoe_ba.training.data import load_cohort
 from ermoe_ba.training.run import train_brain_age
+from ermoe_ba.training.voxel_ridge import train_voxel_ridge
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_SET = REPO / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart" / "ages.csv"
@@ -101,18 +102,24 @@ def main() -> None:
     else:
         cv_config = json.loads(args.cv_config.read_text())
         method = next(m for m in cv_config["methods"] if m["name"] == args.method)
-        train = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
         preprocess = PreprocessConfig.from_dict(cv_config.get("preprocess", {}))
         data = load_cohort(DEV_SET, preprocess=preprocess, workers=args.workers, progress=False)
         start = time.perf_counter()
-        overrides, seeds = method.get("model_overrides"), method.get("seeds", 1)
         correction = out_of_fold_correction(args.cv_results, args.method) if args.all_scans else None
-        result = train_brain_age(
-            data, checkpoint, method["model_name"], overrides, train, seeds=seeds,
-            val_fraction=0.0 if args.all_scans else 0.15, bias_correction=correction,
-            member_overrides=method.get("member_overrides"),
-        )  # fmt: skip
-        seconds, meta, val_metrics = round(time.perf_counter() - start, 1), result.meta, result.val_metrics
+        if method.get("kind") == "classical":  # the linear member of a hybrid ensemble, on every scan
+            settings = {k: method[k] for k in ("factor", "n_components", "inner_folds") if k in method}
+            _, meta, _ = train_voxel_ridge(data, checkpoint, **settings, bias_correction=correction)
+            val_metrics: dict = {}
+        else:
+            train = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
+            overrides, seeds = method.get("model_overrides"), method.get("seeds", 1)
+            result = train_brain_age(
+                data, checkpoint, method["model_name"], overrides, train, seeds=seeds,
+                val_fraction=0.0 if args.all_scans else 0.15, bias_correction=correction,
+                member_overrides=method.get("member_overrides"),
+            )  # fmt: skip
+            meta, val_metrics = result.meta, result.val_metrics
+        seconds = round(time.perf_counter() - start, 1)
     this_command = "python " + " ".join(shlex.quote(a) for a in ["pipelines/default_model/run.py", *sys.argv[1:]])
     cv = {}
     if args.cv_results.is_file():
@@ -124,7 +131,7 @@ def main() -> None:
             "model_name": meta["model_name"],
             "model_config": meta["model_config"],
             "ensemble_size": meta.get("ensemble_size", 1),
-            **({"member_overrides": meta["member_overrides"]} if "member_overrides" in meta else {}),
+            **{key: meta[key] for key in ("member_model_names", "member_overrides") if key in meta},
         },
         "preprocess": meta["preprocess"],
         "training_data": {

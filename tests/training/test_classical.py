@@ -36,3 +36,28 @@ def test_voxels_outside_the_training_brain_are_ignored(synthetic):
     probe[:, :, 0, 0, 0] = 1000.0  # a corner voxel that is background in every training scan
     np.testing.assert_allclose(model.predict(probe), before)
     assert model.best_alpha in model.alphas
+
+
+def test_voxel_ridge_module_equals_the_fitted_sklearn_pipeline(synthetic):
+    from ermoe_ba.training.classical import voxel_linear_from_pca_ridge
+
+    train = np.arange(0, 24, 2)
+    model = PcaRidgeBrainAge(factor=3, n_components=8, inner_folds=3).fit(
+        synthetic.volumes[train], synthetic.ages[train]
+    )
+    module = voxel_linear_from_pca_ridge(model, synthetic.preprocess, target_mean=50.0, target_std=12.0)
+    probe = synthetic.volumes[1::2].float()
+    probe[:, :, 0, 0, 0] = 5.0  # a voxel dropped at fit time must be read with weight 0 here too
+    with torch.no_grad():
+        ages = module(probe).output.squeeze(1).double().numpy() * 12.0 + 50.0
+    np.testing.assert_allclose(ages, model.predict(probe), atol=1e-3)
+    assert float(module.weight.detach().flatten()[0]) == 0.0 and float(module.weight.detach().abs().sum()) > 0
+
+
+def test_voxel_ridge_refuses_a_grid_it_was_not_fitted_on(synthetic):
+    from ermoe_ba.models import PreprocessConfig
+    from ermoe_ba.training.classical import voxel_linear_from_pca_ridge
+
+    model = PcaRidgeBrainAge(factor=3, n_components=4, inner_folds=3).fit(synthetic.volumes[:12], synthetic.ages[:12])
+    with pytest.raises(ValueError, match="pooled voxels"):
+        voxel_linear_from_pca_ridge(model, PreprocessConfig(grid_shape=(36, 36, 36)), 0.0, 1.0)

@@ -63,6 +63,24 @@ def test_members_must_share_model_grid_and_training_scans(tmp_path, synthetic, m
     assert not (tmp_path / "bad.safetensors").exists()
 
 
+def test_hybrid_of_deep_and_voxel_ridge_members_round_trips(tmp_path, synthetic, members):
+    from ermoe_ba.models.voxel_linear import VoxelLinear
+    from ermoe_ba.training.voxel_ridge import train_voxel_ridge
+
+    ridge, ridge_meta, _ = train_voxel_ridge(synthetic, tmp_path / "ridge.safetensors", n_components=8, inner_folds=3)
+    assert ridge_meta["target"] == read_meta(members[0])["target"]  # same scans, same scaling
+    path = combine_checkpoints([*members, ridge], tmp_path / "hybrid.safetensors")
+    model, meta = load_checkpoint(path)
+    assert meta["member_model_names"] == ["ermoe_ba_tiny", "ermoe_ba_tiny", "voxel_ridge"]
+    assert isinstance(model.members[2], VoxelLinear) and model.members[2].config.input_pool == 3
+    x = synthetic.volumes[:3].float()
+    with torch.no_grad():
+        each = [load_checkpoint(m)[0](x).output for m in [*members, ridge]]
+        torch.testing.assert_close(model(x).output, sum(each) / 3)
+        routed = model(x, capture_routing=True)
+    assert routed.routing is not None  # maps still come from the first (ERMoE) member
+
+
 def test_combine_command_writes_the_ensemble_and_reports_usage_errors(tmp_path, members):
     table = tmp_path / "oof.csv"
     table.write_text("age,predicted_age\n20,30\n40,42\n60,55\n80,68\n")
