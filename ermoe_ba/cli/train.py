@@ -53,7 +53,13 @@ def train(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (.safetensors or .pt)."),
     ages: Path | None = typer.Option(None, "--ages", help="Table of subject_id, age (overrides input ages)."),
-    model: str = typer.Option("ermoe_ba_tiny", "--model", "-m", help="Registered model name."),
+    model: str = typer.Option(
+        "ermoe_ba_tiny",
+        "--model",
+        "-m",
+        help="Registered model name. 'voxel_ridge' fits PCA + ridge on 6 mm voxels on every scan (seconds; "
+        "the epoch, optimiser and validation options do not apply), the linear member of the bundled hybrid.",
+    ),
     router: str | None = typer.Option(
         None, "--router", help="ermoe, softmax, softmax+lbl or dense (default: the model's own)."
     ),
@@ -114,6 +120,7 @@ def train(
     from ermoe_ba.training.data import load_cohort
     from ermoe_ba.training.distributed import cleanup_distributed, init_distributed, is_main_process
     from ermoe_ba.training.run import check_validation_split, train_brain_age
+    from ermoe_ba.training.voxel_ridge import train_voxel_ridge
 
     try:
         model_overrides = parse_overrides(overrides)
@@ -135,18 +142,26 @@ def train(
     init_distributed()
     try:
         data = load_cohort(inputs, ages, PreprocessConfig(), cache_dir, progress=progress, workers=workers)
-        result = train_brain_age(
-            data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds,
-            bias_correction=correction, member_overrides=member_overrides,
-        )  # fmt: skip
+        if model == "voxel_ridge":
+            factor = int(model_overrides.get("input_pool", 3))
+            path, meta, _ = train_voxel_ridge(
+                data, out if is_main_process() else None, factor=factor, seed=seed, bias_correction=correction
+            )
+            metrics = {"best_alpha": meta["train_config"]["best_alpha"]}
+        else:
+            result = train_brain_age(
+                data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds,
+                bias_correction=correction, member_overrides=member_overrides,
+            )  # fmt: skip
+            path, metrics = result.checkpoint, result.val_metrics
     except (DiscoveryError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     finally:
         cleanup_distributed()
     if is_main_process():
-        line = {"checkpoint": str(result.checkpoint), "n_scans": len(data), "skipped": len(data.skipped)}
-        line.update({k: v for k, v in result.val_metrics.items() if k != "corrected"})
+        line = {"checkpoint": str(path), "n_scans": len(data), "skipped": len(data.skipped)}
+        line.update({k: v for k, v in metrics.items() if k != "corrected"})
         typer.echo(json.dumps(line))
 
 

@@ -44,7 +44,8 @@ def train_voxel_ridge(
     output
         Checkpoint path; None to skip saving.
     factor, n_components, inner_folds, seed
-        As in :class:`~ermoe_ba.training.classical.PcaRidgeBrainAge` (the CV's ``pca_ridge``).
+        As in :class:`~ermoe_ba.training.classical.PcaRidgeBrainAge` (the CV's ``pca_ridge``);
+        with fewer scans than ``inner_folds`` the penalty is chosen by leave-one-out.
     bias_correction
         Correction to store (default: the identity; an ensemble gets its own when combined).
 
@@ -57,9 +58,12 @@ def train_voxel_ridge(
     start = time.perf_counter()
     data = data.with_age()
     scaler = TargetScaler.fit(data.ages)
-    fitted = PcaRidgeBrainAge(factor, n_components, inner_folds=inner_folds, seed=seed).fit(data.volumes, data.ages)
+    if len(data) < 3:
+        raise ValueError(f"PCA + ridge needs at least 3 scans with an age, got {len(data)}")
+    folds = min(inner_folds, len(data))  # small cohorts: leave-one-out instead of failing
+    fitted = PcaRidgeBrainAge(factor, n_components, inner_folds=folds, seed=seed).fit(data.volumes, data.ages)
     model = voxel_linear_from_pca_ridge(fitted, data.preprocess, scaler.mean, scaler.std)
-    settings = {"factor": factor, "n_components": n_components, "inner_folds": inner_folds, "seed": seed}
+    settings = {"factor": factor, "n_components": n_components, "inner_folds": folds, "seed": seed}
     meta = build_meta(
         model,
         "voxel_ridge",

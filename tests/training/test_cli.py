@@ -86,6 +86,27 @@ def test_member_options_train_a_two_stem_ensemble_on_real_scans(tmp_path, real_s
     assert [c["stem"] for c in meta["member_model_configs"]] == ["conv", "conv_pool"]
 
 
+def test_voxel_ridge_fits_the_linear_member_on_real_scans(tmp_path, real_scans):
+    import torch
+
+    from ermoe_ba.training.checkpoint import load_checkpoint
+    from ermoe_ba.training.classical import PcaRidgeBrainAge
+
+    table = _scans_table(tmp_path, real_scans)
+    ckpt = tmp_path / "ridge.safetensors"
+    result = runner.invoke(app, ["train", str(table), "-o", str(ckpt), "--model", "voxel_ridge", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["n_scans"] == len(real_scans.ages)
+    model, meta = load_checkpoint(ckpt)
+    assert meta["model_name"] == "voxel_ridge" and meta["training_data"]["validation_subject_ids"] == []
+    assert meta["train_config"]["inner_folds"] == len(real_scans.ages)  # 4 scans: leave-one-out
+    with torch.no_grad():
+        z = model(real_scans.volumes.float()).output.squeeze(1).double().numpy()
+    reference = PcaRidgeBrainAge(factor=3, inner_folds=4).fit(real_scans.volumes, real_scans.ages)
+    fitted = z * meta["target"]["std"] + meta["target"]["mean"]
+    np.testing.assert_allclose(fitted, reference.predict(real_scans.volumes.float()), atol=1e-3)
+
+
 @pytest.mark.slow
 def test_every_scan_trains_and_the_calibration_table_sets_the_correction(tmp_path, real_scans):
     table = _scans_table(tmp_path, real_scans)
