@@ -15,12 +15,17 @@ from typing import Any
 
 __all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
 
+_UMASK = os.umask(0o022)  # read the process umask once (setting it is the only way) and restore it
+os.umask(_UMASK)
+
 
 def atomic_path(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a hidden sibling of ``path`` that keeps its suffixes, then rename.
 
     The temporary name ends like the target, so format-by-suffix writers (nibabel, numpy,
-    safetensors, pandas) behave as for the real name. A failure leaves no temporary file.
+    safetensors, pandas) behave as for the real name. A failure leaves no temporary file. The
+    result gets the permissions of a normally created file (``0o666`` minus the umask), also when
+    the writer made its file private (safetensors does).
 
     Examples
     --------
@@ -31,6 +36,7 @@ def atomic_path(path: str | Path, write: Callable[[Path], object]) -> Path:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

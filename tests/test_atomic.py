@@ -33,3 +33,18 @@ def test_json_round_trip_with_nan(tmp_path: Path) -> None:
     path = write_json_atomic(tmp_path / "r.json", {"mae": float("nan"), "n": 3})
     data = json.loads(path.read_text())
     assert data["n"] == 3 and np.isnan(data["mae"])
+
+
+def test_a_private_file_from_the_writer_gets_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    def private(tmp: Path) -> None:
+        tmp.write_text("weights")
+        os.chmod(tmp, 0o600)
+
+    previous = os.umask(0o022)
+    try:
+        out = atomic_path(tmp_path / "model.safetensors", private)
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~previous
