@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 EIGEN_GATES = ("normalize", "softmax")
-EIGEN_SCORES = ("subspace", "context", "centered")
+EIGEN_SCORES = ("subspace", "context", "centered", "whitened")
 _EPS = 1e-12  # float32 norms below this count as a zero token
 
 
@@ -100,6 +100,8 @@ class EigenbasisRouter(nn.Module):
         ``"centered"``: the subspace score of the token's deviation from the layer's running
         token mean ``m``, ``||V_eᵀ(x - m)|| / ||x - m||``; the router scores whatever centred
         projection and norm it is given (:class:`~ermoe_ba.layers.moe.MoELayer` keeps ``m``).
+        ``"whitened"``: likewise for the whitened token ``W (x - m)`` (``MoELayer`` keeps the
+        running statistics and ``W``).
 
     Examples
     --------

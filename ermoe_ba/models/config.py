@@ -93,8 +93,10 @@ class ModelConfig:
     score
         ERMoE routing score: ``"subspace"`` (``||V_eᵀx|| / ||x||``, the default) or ``"context"``
         (cosine of ``V_eᵀx`` and ``V_eᵀc``, ``c`` the token's attention output in its block) or
-        ``"centered"`` (``||V_eᵀ(x - m)|| / ||x - m||``, ``m`` the layer's running token mean; see
-        :class:`~ermoe_ba.layers.moe.MoELayer`). Ignored by the other routers.
+        ``"centered"`` (``||V_eᵀ(x - m)|| / ||x - m||``, ``m`` the layer's running token mean) or
+        ``"whitened"`` (the same for ``W (x - m)``, ``W`` the inverse square root of the running,
+        shrunk token covariance: routing without the few dominant token directions); see
+        :class:`~ermoe_ba.layers.moe.MoELayer`. Ignored by the other routers.
     """
 
     input_type: str = "image"

@@ -63,6 +63,8 @@ def test_routed_projection_backward_equals_autograd_through_the_selected_blocks(
         {"capacity_factor": 0.6},
         {"score": "centered"},
         {"score": "centered", "gate": "softmax"},
+        {"score": "whitened"},
+        {"score": "whitened", "gate": "softmax"},
     ],
 )
 def test_fast_ermoe_path_equals_the_eager_reference_after_an_optimizer_step(kwargs, monkeypatch):
