@@ -76,8 +76,9 @@ def test_capacity_keep_mask_priority_and_count():
     assert capacity_keep_mask(index, 3, 10.0)[1] == 0
 
 
-@pytest.mark.parametrize("act_layer", [nn.SiLU, nn.ReLU, nn.Tanh, nn.GELU])
+@pytest.mark.parametrize("act_layer", [nn.SiLU, nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid])
 def test_sorted_backward_passes_float64_gradcheck(act_layer):
+    """Hidden width 7 is padded to 16 inside the kernel; Sigmoid(0) != 0 checks the padding stays inert."""
     torch.manual_seed(0)
     layer = MoELayer(6, 7, num_experts=3, top_k=2, act_layer=act_layer, dispatch="sorted").double()
     x = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
