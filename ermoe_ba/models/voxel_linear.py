@@ -94,9 +94,14 @@ class VoxelLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: torch.Tensor, capture_routing: bool = False) -> ModelOutput:
-        """Linear prediction; ``capture_routing`` is accepted for the shared contract (no routing)."""
-        voxels = pool_voxels(x, self.config.input_pool, self.config.spatial_dims)
-        out = voxels @ self.weight.flatten(1).t() + self.bias
+        """Linear prediction; ``capture_routing`` is accepted for the shared contract (no routing).
+
+        Always in float32 or wider, also under autocast: a sum over ~20 000 voxels in bfloat16
+        would move a prediction by a sizeable fraction of a year.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            voxels = pool_voxels(x, self.config.input_pool, self.config.spatial_dims)
+            out = voxels @ self.weight.flatten(1).t().to(voxels.dtype) + self.bias.to(voxels.dtype)
         return ModelOutput(out, out.new_zeros(()), None)
 
 

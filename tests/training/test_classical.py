@@ -61,3 +61,17 @@ def test_voxel_ridge_refuses_a_grid_it_was_not_fitted_on(synthetic):
     model = PcaRidgeBrainAge(factor=3, n_components=4, inner_folds=3).fit(synthetic.volumes[:12], synthetic.ages[:12])
     with pytest.raises(ValueError, match="pooled voxels"):
         voxel_linear_from_pca_ridge(model, PreprocessConfig(grid_shape=(36, 36, 36)), 0.0, 1.0)
+
+
+def test_voxel_ridge_module_stays_in_float32_under_bfloat16_autocast(synthetic):
+    from ermoe_ba.training.classical import voxel_linear_from_pca_ridge
+
+    model = PcaRidgeBrainAge(factor=3, n_components=8, inner_folds=3).fit(synthetic.volumes, synthetic.ages)
+    module = voxel_linear_from_pca_ridge(model, synthetic.preprocess, target_mean=50.0, target_std=12.0)
+    x = synthetic.volumes[:4].float()
+    with torch.no_grad():
+        plain = module(x).output
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = module(x).output
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
