@@ -9,6 +9,7 @@ Layout of ``out_dir``::
     nmi.tsv                           expert-region normalised mutual information
     region_age_trends.tsv             change of regional shares with age (when ages are given)
     load.tsv                          expert load per layer
+    <name>_space-MNI.nii.gz           extra weight maps (the linear member's age weights of a hybrid)
     figures/*.png                     the report's figures
     report.html                       self-contained report
 """
@@ -25,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ermoe_ba.interpret._io import write_table
+from ermoe_ba.interpret._io import save_img, write_table
 from ermoe_ba.interpret.atlases import Atlas, load_atlas
 from ermoe_ba.interpret.cohort import check_cohort, cohort_fraction_img, modal_expert_img, write_cohort_maps
 from ermoe_ba.interpret.maps import check_subject_id, expert_label_img, write_subject_maps
@@ -143,6 +144,7 @@ def build_maps(
     figures: bool = True,
     glass_brain: bool = True,
     title: str = "ermoe-ba expert maps",
+    weight_maps: Mapping[str, tuple[nib.Nifti1Image, str]] | None = None,
 ) -> MapsResult:
     """Write subject and cohort expert maps, region tables, figures and the HTML report.
 
@@ -173,6 +175,9 @@ def build_maps(
         Draw the figures (and the slower glass-brain panel).
     title
         Report title.
+    weight_maps
+        ``{name: (model-grid image, caption)}`` written as ``<name>_space-MNI.nii.gz`` and drawn
+        in the report (:func:`~ermoe_ba.interpret.linear_weights.age_weight_img`).
 
     Returns
     -------
@@ -222,9 +227,16 @@ def build_maps(
         result.trends = age_trends(subjects, ages)
         write_table(result.trends, out / "region_age_trends.tsv")
 
+    for name, (img, _) in (weight_maps or {}).items():
+        result.cohort_files.append(save_img(img, out / f"{name}_space-MNI.nii.gz"))
+
     pngs: dict[str, bytes] = {}
     if figures:
         mask = load_atlas("tissue", config).data > 0
+        for name, (img, caption) in (weight_maps or {}).items():
+            path = out / "figures" / f"{name}.png"
+            pngs[caption] = fig.plot_weight_map(img, path, mask=mask)
+            result.figure_files.append(path)
         for layer in chosen:
             experts = first[layer].num_experts
             frac = cohort_fraction_img(traces, config, layer)

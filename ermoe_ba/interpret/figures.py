@@ -215,3 +215,37 @@ def plot_expert_glass(
     if title:
         fig.suptitle(title, fontsize=11)
     return _finish(fig, output_file)
+
+
+def plot_weight_map(
+    weight_img: nib.Nifti1Image,
+    output_file: str | Path | None = None,
+    *,
+    mask: np.ndarray | None = None,
+    title: str | None = None,
+    cut_coords: int = 7,
+) -> bytes:
+    """A signed weight map (e.g. a linear member's years per unit intensity) on axial slices."""
+    from nilearn import plotting
+
+    plt = _pyplot()
+    data = np.asanyarray(weight_img.dataobj)
+    inside = data[mask] if mask is not None else data
+    vmax = float(np.percentile(np.abs(inside), 99.5)) or 1.0
+    fig = plt.figure(figsize=(12, 3.0), facecolor="black")
+    plotting.plot_stat_map(
+        _masked(weight_img, mask),
+        bg_img=_background(),
+        display_mode="z",
+        cut_coords=_z_cuts(cut_coords),
+        cmap="cold_hot",
+        vmax=vmax,
+        symmetric_cbar=True,
+        resampling_interpolation="nearest",
+        figure=fig,
+        black_bg=True,
+        draw_cross=False,
+        colorbar=True,
+        title=title,
+    )
+    return _finish(fig, output_file)

@@ -12,6 +12,7 @@ from ermoe_ba.inference.predictor import BrainAgePredictor
 from ermoe_ba.inference.routing_io import load_routing
 from ermoe_ba.inference.table import PredictionTable
 from ermoe_ba.interpret.build import MapsResult, build_maps
+from ermoe_ba.interpret.linear_weights import age_weight_img, linear_members
 
 __all__ = ["map_scans"]
 
@@ -34,8 +35,8 @@ def map_scans(
     """Conform and predict ``inputs`` with routing capture, then write maps, tables and report.
 
     Routing traces are kept in ``out_dir/routing/<subject_id>.npz`` and predictions in
-    ``out_dir/predictions.csv``. Returns the maps result (None when no scan was usable) and
-    the predictions table.
+    ``out_dir/predictions.csv``; a hybrid ensemble's linear member adds its age-weight map.
+    Returns the maps result (None when no scan was usable) and the predictions table.
 
     Examples
     --------
@@ -61,6 +62,14 @@ def map_scans(
         if native and transform is not None:
             native_maps[sid] = (transform, path)
     known_ages = {r.subject_id: r.age for r in records if r.age is not None and r.subject_id in traces}
+    weight_maps = {
+        f"linear_member{i}_age_weights" if i else "linear_age_weights": (
+            age_weight_img(member, predictor.preprocess, predictor.target_std),
+            "Linear member of the hybrid ensemble: years of predicted age per unit of normalised intensity "
+            "at each 2 mm voxel (weights, not effects: they also cancel correlated noise)",
+        )
+        for i, member in enumerate(linear_members(predictor.model))
+    }
     result = build_maps(
         traces,
         predictor.preprocess,
@@ -71,5 +80,6 @@ def map_scans(
         ages=known_ages or None,
         figures=figures,
         title=f"ermoe-ba expert maps ({predictor.model_name}, {len(traces)} scans)",
+        weight_maps=weight_maps,
     )
     return result, frame
