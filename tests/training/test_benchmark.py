@@ -40,11 +40,12 @@ def test_shipped_pipeline_config_builds_every_method():
         (Path(__file__).resolve().parents[2] / "pipelines" / "brain_age_cv" / "config.json").read_text()
     )
     methods = [method_from_dict(m) for m in config["methods"]]
-    names = ["ermoe", "ermoe_disjoint", "ermoe_context"]
+    names = ["ermoe", "ermoe_disjoint", "ermoe_context", "ermoe_whitened"]
     names += ["softmax", "softmax_lbl", "dense", "sfcn", "pca_ridge"]
     assert [m.name for m in methods] == names
     deep = [m for m in methods if isinstance(m, DeepMethod)]
     assert [m.model_overrides.get("router") for m in deep] == [
+        "ermoe",
         "ermoe",
         "ermoe",
         "ermoe",
