@@ -28,8 +28,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FOLDS_OUT = RESULTS / "ensemble_cv_folds"
 N_FOLDS = 5
 MAIN, STEM, SFCN_SEED1 = "brain_age_cv_folds", "probes/conv_pool_stem", "probes/sfcn_seed1"
+WHITENED = "probes/whitened_score"
 DEFAULT_ENSEMBLES = {
     "ermoe_two_stems": [f"{MAIN}/ermoe", f"{STEM}/ermoe_conv_pool"],
+    "ermoe_whitened_two_stems": [f"{MAIN}/ermoe_whitened", f"{WHITENED}/ermoe_whitened_conv_pool"],
     "softmax_two_stems": [f"{MAIN}/softmax", f"{STEM}/softmax_conv_pool"],
     "dense_two_stems": [f"{MAIN}/dense", f"{STEM}/dense_conv_pool"],
     "sfcn_two_seeds": [f"{MAIN}/sfcn", f"{SFCN_SEED1}/sfcn"],
@@ -40,7 +42,8 @@ DEFAULT_ENSEMBLES = {
 DEFAULT_ENSEMBLES.update(
     {
         f"{pair}_and_pca_ridge": [*DEFAULT_ENSEMBLES[pair], f"{MAIN}/pca_ridge"]
-        for pair in ("ermoe_two_stems", "softmax_two_stems", "dense_two_stems", "sfcn_two_seeds")
+        for pair in list(DEFAULT_ENSEMBLES)
+        if pair.endswith(("_two_stems", "_two_seeds"))
     }
 )
 
