@@ -51,6 +51,18 @@ def _background():
     return load_mni152_template(resolution=2)
 
 
+def _axial_slices(cut_coords: int, bg_img=None) -> dict:
+    """nilearn keyword arguments shared by the axial-slice figures (dark template background)."""
+    return {
+        "bg_img": _background() if bg_img is None else bg_img,
+        "display_mode": "z",
+        "cut_coords": _z_cuts(cut_coords),
+        "resampling_interpolation": "nearest",
+        "black_bg": True,
+        "draw_cross": False,
+    }
+
+
 def _masked(img: nib.Nifti1Image, mask: np.ndarray | None) -> nib.Nifti1Image:
     if mask is None:
         return img
@@ -105,19 +117,14 @@ def plot_expert_labels(
     ax = fig.add_axes((0.0, 0.0, 0.86, 0.9))
     plotting.plot_roi(
         _masked(label_img, mask),
-        bg_img=_background(),
-        display_mode="z",
-        cut_coords=_z_cuts(cut_coords),
         cmap=ListedColormap(colors),
         vmin=EXPERT_LABEL_OFFSET - 0.5,
         vmax=num_experts + EXPERT_LABEL_OFFSET - 0.5,
         alpha=0.75,
-        resampling_interpolation="nearest",
         axes=ax,
         figure=fig,
-        black_bg=True,
-        draw_cross=False,
         colorbar=False,
+        **_axial_slices(cut_coords),
     )
     handles = [Patch(color=c, label=f"expert {e}") for e, c in enumerate(colors)]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False, labelcolor="white")
@@ -156,21 +163,16 @@ def plot_expert_fractions(
     for expert, ax in enumerate(np.atleast_1d(axes)):
         plotting.plot_stat_map(
             _expert_volume(fraction_img, expert, mask),
-            bg_img=bg,
-            display_mode="z",
-            cut_coords=_z_cuts(cut_coords),
             threshold=threshold,
             vmin=0.0,
             vmax=1.0,
             cmap="plasma",
-            resampling_interpolation="nearest",
             colorbar=expert == 0,
             axes=ax,
             figure=fig,
-            black_bg=True,
             annotate=expert == 0,
-            draw_cross=False,
             title=f"expert {expert}",
+            **_axial_slices(cut_coords, bg),
         )
     if title:
         fig.suptitle(title, color="white", fontsize=11)
@@ -235,17 +237,12 @@ def plot_weight_map(
     fig = plt.figure(figsize=(12, 3.0), facecolor="black")
     plotting.plot_stat_map(
         _masked(weight_img, mask),
-        bg_img=_background(),
-        display_mode="z",
-        cut_coords=_z_cuts(cut_coords),
         cmap="cold_hot",
         vmax=vmax,
         symmetric_cbar=True,
-        resampling_interpolation="nearest",
         figure=fig,
-        black_bg=True,
-        draw_cross=False,
         colorbar=True,
         title=title,
+        **_axial_slices(cut_coords),
     )
     return _finish(fig, output_file)

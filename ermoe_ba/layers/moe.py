@@ -277,16 +277,13 @@ class MoELayer(nn.Module):
     def _running_token_whitening(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``token_mean`` and the shrunk inverse square root of ``token_cov``, after a training update."""
         if self.training and tokens.shape[0] > 1:
-            batch = tokens.detach().to(self.token_cov.dtype)
-            batch_mean = batch.mean(0)
-            centred = batch - batch_mean
-            self.token_mean.lerp_(batch_mean, CENTER_MOMENTUM)
-            self.token_cov.lerp_(centred.mT @ centred / (batch.shape[0] - 1), CENTER_MOMENTUM)
+            self.token_cov.lerp_(torch.cov(tokens.detach().mT.to(self.token_cov.dtype)), CENTER_MOMENTUM)
+        mean = self._running_token_mean(tokens)
         cov = self.token_cov.float()
         values, vectors = torch.linalg.eigh((cov + cov.mT) / 2)
         values = (1 - WHITEN_SHRINKAGE) * values + WHITEN_SHRINKAGE * values.mean()
         whitening = (vectors * values.clamp_min(1e-12).rsqrt()) @ vectors.mT
-        return self.token_mean.to(tokens.dtype), whitening.to(tokens.dtype)
+        return mean, whitening.to(tokens.dtype)
 
     def active_parameter_count(self) -> int:
         """Parameters one token touches: the router, all bases (ERMoE scores need them) and ``k`` experts."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from ermoe_ba.layers.routers import EIGEN_SCORES
 
-__all__ = ["POOLS", "ROUTERS", "ModelConfig", "PreprocessConfig", "check_choice"]
+__all__ = ["POOLS", "ROUTERS", "ModelConfig", "PreprocessConfig", "check_choice", "routerless_image_config"]
 
 ROUTERS = ("ermoe", "softmax", "softmax+lbl", "dense")
 POOLS = ("mean", "cls", "flatten")
@@ -239,3 +239,28 @@ class PreprocessConfig:
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(**_tuple_fields(data, cls))
+
+
+def routerless_image_config(
+    overrides: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> tuple[ModelConfig, PreprocessConfig]:
+    """Config of a single-channel 3D image regressor without a router (the CNN and linear peers).
+
+    ``overrides`` may hold ``preprocess`` (a :class:`PreprocessConfig` or its dict; default grid
+    otherwise), whose grid becomes ``img_size``, and ``router``, accepted and dropped so that CV
+    code can pass it to every model; the rest, over ``defaults``, are :class:`ModelConfig` fields.
+
+    Examples
+    --------
+    >>> config, _ = routerless_image_config({"router": "ermoe"}, {"drop_rate": 0.5})
+    >>> config.router, config.img_size, config.drop_rate
+    ('dense', (80, 96, 80), 0.5)
+    """
+    overrides = dict(overrides)
+    preprocess = overrides.pop("preprocess", None) or PreprocessConfig()
+    if isinstance(preprocess, dict):
+        preprocess = PreprocessConfig.from_dict(preprocess)
+    overrides.pop("router", None)
+    base = {"input_type": "image", "spatial_dims": 3, "in_chans": 1, "num_outputs": 1, "router": "dense"}
+    base["img_size"] = tuple(preprocess.grid_shape)
+    return ModelConfig.from_dict({**base, **(defaults or {}), **overrides}), preprocess

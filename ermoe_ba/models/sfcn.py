@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ermoe_ba.models.config import ModelConfig, PreprocessConfig
+from ermoe_ba.models.config import ModelConfig, routerless_image_config
 from ermoe_ba.models.registry import register_model
 from ermoe_ba.models.transformer import ModelOutput
 
@@ -99,15 +99,9 @@ class SFCN(nn.Module):
 
 def _sfcn_model(defaults: dict[str, Any], overrides: dict[str, Any]) -> SFCN:
     overrides = dict(overrides)
-    preprocess = overrides.pop("preprocess", None) or PreprocessConfig()
-    if isinstance(preprocess, dict):
-        preprocess = PreprocessConfig.from_dict(preprocess)
     channels = tuple(overrides.pop("channels", defaults.pop("channels")))
     stem_stride = int(overrides.pop("stem_stride", defaults.pop("stem_stride")))
-    overrides.pop("router", None)  # a CNN has no router; accept the option so CV code can pass it
-    base = {"input_type": "image", "spatial_dims": 3, "in_chans": 1, "num_outputs": 1, "router": "dense"}
-    base["img_size"] = tuple(preprocess.grid_shape)
-    config = ModelConfig.from_dict({**base, **defaults, **overrides})
+    config, preprocess = routerless_image_config(overrides, defaults)
     model = SFCN(config, channels=channels, stem_stride=stem_stride)
     model.default_preprocess = preprocess
     return model

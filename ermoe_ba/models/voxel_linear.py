@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ermoe_ba.models.config import ModelConfig, PreprocessConfig
+from ermoe_ba.models.config import ModelConfig, routerless_image_config
 from ermoe_ba.models.registry import register_model
 from ermoe_ba.models.transformer import ModelOutput
 
@@ -108,13 +108,7 @@ class VoxelLinear(nn.Module):
 @register_model("voxel_ridge")
 def voxel_ridge(**overrides: Any) -> VoxelLinear:
     """Linear model on 6 mm voxels (``input_pool=3`` of the 2 mm grid), weights from PCA + ridge."""
-    overrides = dict(overrides)
-    preprocess = overrides.pop("preprocess", None) or PreprocessConfig()
-    if isinstance(preprocess, dict):
-        preprocess = PreprocessConfig.from_dict(preprocess)
-    overrides.pop("router", None)  # no router; accept the option so CV code can pass it
-    base = {"input_type": "image", "spatial_dims": 3, "in_chans": 1, "num_outputs": 1, "input_pool": 3}
-    config = ModelConfig.from_dict({**base, **overrides, "img_size": tuple(preprocess.grid_shape), "router": "dense"})
+    config, preprocess = routerless_image_config(overrides, {"input_pool": 3})
     model = VoxelLinear(config)
     model.default_preprocess = preprocess
     return model
