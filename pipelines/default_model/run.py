@@ -1,4 +1,4 @@
-"""Train the bundled default model on every development scan and register it in the package.
+r"""Train the bundled default model on every development scan and register it in the package.
 
     python pipelines/default_model/run.py [--cv-config CONFIG --cv-results REPORT --method NAME] [--all-scans]
     python pipelines/default_model/run.py --combine MEMBER.safetensors ... --cv-results REPORT --method NAME
@@ -14,23 +14,29 @@ and fits the stored age-bias correction on the method's out-of-fold predictions 
 ensemble (:func:`ermoe_ba.training.combine.combine_checkpoints`), its correction fitted on the
 ensemble's out-of-fold table that ``bench/ensemble_cv.py`` writes.
 
-The shipped model (v6) is the hybrid ``ermoe_two_stems_and_pca_ridge``: two ERMoE-ba models that
-differ in their stem, trained at the same time, one per core (21 min wall on this 2-core machine),
-and the PCA + ridge model of the CV table fitted on the same scans (a ``classical`` method: saved
-as the linear ``voxel_ridge`` model, seconds), then combined::
+The shipped model (v7) is the hybrid ``ermoe_whitened_two_stems_and_pca_ridge``: two ERMoE-ba
+models with the whitened eigenbasis score that differ in their stem, trained at the same time, one
+per core (22 min wall on this 2-core machine), and the PCA + ridge model of the CV table fitted on
+the same scans (a ``classical`` method: saved as the linear ``voxel_ridge`` model, seconds), then
+combined::
 
-    python pipelines/default_model/run.py --cv-config bench/results/probes/long_training/config.json \
-        --cv-results bench/results/probes/long_training/report.json --method ermoe_150 --all-scans \
-        --name ermoe --weights-dir runs/default_members --workers 1          # 13 min (the v4 model)
-    python pipelines/default_model/run.py --cv-config bench/results/probes/conv_pool_stem/config.json \
-        --cv-results bench/results/probes/conv_pool_stem/report.json --method ermoe_conv_pool --all-scans \
-        --name ermoe_conv_pool --weights-dir runs/default_members --workers 1   # 21 min
+    python pipelines/default_model/run.py --cv-config bench/results/probes/whitened_score/config.json \
+        --cv-results bench/results/probes/whitened_score/report.json --method ermoe_whitened --all-scans \
+        --name ermoe_whitened --weights-dir runs/default_members --workers 1             # 13 min
+    python pipelines/default_model/run.py --cv-config bench/results/probes/whitened_score/config.json \
+        --cv-results bench/results/probes/whitened_score/report.json --method ermoe_whitened_conv_pool \
+        --all-scans --name ermoe_whitened_conv_pool --weights-dir runs/default_members --workers 1   # 22 min
     python pipelines/default_model/run.py --method pca_ridge --all-scans --name voxel_ridge \
         --weights-dir runs/default_members --workers 1                       # 2 min
     python bench/ensemble_cv.py   # the ensemble's out-of-fold table, from the members' CV runs
-    python pipelines/default_model/run.py --combine runs/default_members/ermoe.safetensors \
-        runs/default_members/ermoe_conv_pool.safetensors runs/default_members/voxel_ridge.safetensors \
-        --cv-results bench/results/ensemble_cv.json --method ermoe_two_stems_and_pca_ridge
+    python pipelines/default_model/run.py --combine runs/default_members/ermoe_whitened.safetensors \
+        runs/default_members/ermoe_whitened_conv_pool.safetensors runs/default_members/voxel_ridge.safetensors \
+        --cv-results bench/results/ensemble_cv.json --method ermoe_whitened_two_stems_and_pca_ridge
+
+The previous default v6 is the same with the plain score: members ``ermoe_150`` of
+``bench/results/probes/long_training/`` and ``ermoe_conv_pool`` of
+``bench/results/probes/conv_pool_stem/`` (same flags, ``--name ermoe`` / ``ermoe_conv_pool``),
+combined as ``ermoe_two_stems_and_pca_ridge``.
 
 Check a new model with ``pytest -m slow tests/inference/test_bundled_model.py`` before committing
 it: the v2 ensemble and the disjoint-bases model were not shipped because they failed the
