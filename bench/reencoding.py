@@ -1,0 +1,74 @@
+"""Benchmark: how far does a model's prediction move when the same scan is stored differently?
+
+For ``--scans`` development scans spread over the age-sorted file list, each scan is written again
+in LPI orientation, resampled to 1.5 mm, with its origin moved by 25 mm, rotated by 10° in its
+affine and as int16 with its own scaling (the variants of ``tests/conform_helpers.py``, which the
+bundled model's re-encoding test checks on one scan). Every variant goes through the full
+pipeline (registration included) and is compared with the original's prediction. Prints one JSON
+line: per model, the mean and largest absolute shift in years, overall and per variant.
+
+    python bench/reencoding.py --models default v6=/path/to/v6.safetensors [--scans 6] [--save F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _report import emit
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart" / "t1"
+VARIANTS = ("lpi", "iso1.5", "origin25", "rot10", "int16")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["default"], help="NAME or LABEL=PATH")
+    parser.add_argument("--scans", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--save", type=Path, default=None)
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT / "tests"))  # the variants are the re-encoding test's own
+    from conform_helpers import reencoded_variants
+
+    from ermoe_ba.inference import BrainAgePredictor
+
+    files = sorted(DEV.glob("*.nii.gz"))
+    step = max(1, len(files) // args.scans)
+    scans = files[step // 2 :: step][: args.scans]
+    models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)
+    predictors = {label: BrainAgePredictor.from_pretrained(path, device="cpu") for label, path in models.items()}
+    shifts: dict[str, list[list[float]]] = {label: [] for label in models}
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, scan in enumerate(scans):
+            folder = Path(tmp) / str(index)
+            folder.mkdir()
+            variants = reencoded_variants(scan, folder)
+            inputs = [scan, *(variants[name] for name in VARIANTS)]
+            for label, predictor in predictors.items():
+                table = predictor.predict_files(inputs, workers=args.workers, progress=False)
+                if not (table["status"] == "ok").all():
+                    raise SystemExit(f"{scan.name}: {table['error'].tolist()}")
+                ages = table["predicted_age"].to_numpy()
+                shifts[label].append((ages[1:] - ages[0]).tolist())
+    result = {"bench": "reencoding", "scans": [s.name for s in scans], "variants": list(VARIANTS), "models": {}}
+    for label, rows in shifts.items():
+        size = np.abs(np.asarray(rows))
+        result["models"][label] = {
+            "model": models[label],
+            "mean_abs_shift_y": round(float(size.mean()), 3),
+            "max_abs_shift_y": round(float(size.max()), 3),
+            "per_variant_mean_abs_shift_y": dict(zip(VARIANTS, size.mean(0).round(3).tolist(), strict=True)),
+            "per_variant_max_abs_shift_y": dict(zip(VARIANTS, size.max(0).round(3).tolist(), strict=True)),
+            "shifts_y": np.round(rows, 3).tolist(),
+        }
+    emit(result, args.save)
+
+
+if __name__ == "__main__":
+    main()
