@@ -28,17 +28,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FOLDS_OUT = RESULTS / "ensemble_cv_folds"
 N_FOLDS = 5
 MAIN, STEM, SFCN_SEED1 = "brain_age_cv_folds", "probes/conv_pool_stem", "probes/sfcn_seed1"
-WHITENED = "probes/whitened_score"
+WHITENED, WHITENED_SEED1 = "probes/whitened_score", "probes/whitened_seed1"
 DEFAULT_ENSEMBLES = {
     "ermoe_two_stems": [f"{MAIN}/ermoe", f"{STEM}/ermoe_conv_pool"],
     "ermoe_whitened_two_stems": [f"{MAIN}/ermoe_whitened", f"{WHITENED}/ermoe_whitened_conv_pool"],
     "softmax_two_stems": [f"{MAIN}/softmax", f"{STEM}/softmax_conv_pool"],
+    "softmax_lbl_two_stems": [f"{MAIN}/softmax_lbl", f"{STEM}/softmax_lbl_conv_pool"],
     "dense_two_stems": [f"{MAIN}/dense", f"{STEM}/dense_conv_pool"],
     "sfcn_two_seeds": [f"{MAIN}/sfcn", f"{SFCN_SEED1}/sfcn"],
+    "ermoe_whitened_conv_pool_two_seeds": [
+        f"{WHITENED}/ermoe_whitened_conv_pool",
+        f"{WHITENED_SEED1}/ermoe_whitened_conv_pool",
+    ],
     "ermoe_and_sfcn": [f"{MAIN}/ermoe", f"{MAIN}/sfcn"],
     "sfcn_and_pca_ridge": [f"{MAIN}/sfcn", f"{MAIN}/pca_ridge"],
 }
-# hybrids: each equal-cost pair above plus the linear model (seconds to fit); the first is the default model
+# hybrids: each equal-cost pair above plus the linear model (seconds to fit);
+# ermoe_whitened_two_stems_and_pca_ridge is the bundled default (v7)
 DEFAULT_ENSEMBLES.update(
     {
         f"{pair}_and_pca_ridge": [*DEFAULT_ENSEMBLES[pair], f"{MAIN}/pca_ridge"]
