@@ -1,6 +1,6 @@
 """Benchmark: how far does a model's prediction move when the same scan is stored differently?
 
-For ``--scans`` development scans spread over the age-sorted file list, each scan is written again
+For ``--scans`` development scans spread evenly over the file list (sorted by subject id), each scan is written again
 in LPI orientation, resampled to 1.5 mm, with its origin moved by 25 mm, rotated by 10° in its
 affine and as int16 with its own scaling (the variants of ``tests/conform_helpers.py``, which the
 bundled model's re-encoding test checks on one scan). Every variant goes through the full
