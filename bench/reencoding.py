@@ -22,7 +22,6 @@ from _report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / ".." / "shared" / "realdata" / "ixi_hh_2mm_nichart" / "t1"
-VARIANTS = ("lpi", "iso1.5", "origin25", "rot10", "int16")
 
 
 def main() -> None:
@@ -34,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))  # the variants are the re-encoding test's own
+    from conform_helpers import INVARIANT_REENCODINGS as NAMES
     from conform_helpers import reencoded_variants
 
     from ermoe_ba.inference import BrainAgePredictor
@@ -49,22 +49,22 @@ def main() -> None:
             folder = Path(tmp) / str(index)
             folder.mkdir()
             variants = reencoded_variants(scan, folder)
-            inputs = [scan, *(variants[name] for name in VARIANTS)]
+            inputs = [scan, *(variants[name] for name in NAMES)]
             for label, predictor in predictors.items():
                 table = predictor.predict_files(inputs, workers=args.workers, progress=False)
                 if not (table["status"] == "ok").all():
                     raise SystemExit(f"{scan.name}: {table['error'].tolist()}")
                 ages = table["predicted_age"].to_numpy()
                 shifts[label].append((ages[1:] - ages[0]).tolist())
-    result = {"bench": "reencoding", "scans": [s.name for s in scans], "variants": list(VARIANTS), "models": {}}
+    result = {"bench": "reencoding", "scans": [s.name for s in scans], "variants": list(NAMES), "models": {}}
     for label, rows in shifts.items():
         size = np.abs(np.asarray(rows))
         result["models"][label] = {
             "model": models[label],
             "mean_abs_shift_y": round(float(size.mean()), 3),
             "max_abs_shift_y": round(float(size.max()), 3),
-            "per_variant_mean_abs_shift_y": dict(zip(VARIANTS, size.mean(0).round(3).tolist(), strict=True)),
-            "per_variant_max_abs_shift_y": dict(zip(VARIANTS, size.max(0).round(3).tolist(), strict=True)),
+            "per_variant_mean_abs_shift_y": dict(zip(NAMES, size.mean(0).round(3).tolist(), strict=True)),
+            "per_variant_max_abs_shift_y": dict(zip(NAMES, size.max(0).round(3).tolist(), strict=True)),
             "shifts_y": np.round(rows, 3).tolist(),
         }
     emit(result, args.save)

@@ -95,6 +95,11 @@ def masked_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(np.corrcoef(np.asarray(a)[mask], np.asarray(b)[mask])[0, 1])
 
 
+# the storage variants a model's prediction should not depend on (the 3D ones; "aniso" and "4d1"
+# are conform tests' own)
+INVARIANT_REENCODINGS = ("lpi", "iso1.5", "origin25", "rot10", "int16")
+
+
 def reencoded_variants(path: Path, folder: Path) -> dict[str, Path]:
     """The same scan stored in other ways (orientation, grid, origin, rotation, dtype, 4D)."""
     import nibabel as nib

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conform_helpers import reencoded_variants
+from conform_helpers import INVARIANT_REENCODINGS, reencoded_variants
 from typer.testing import CliRunner
 
 from ermoe_ba.cli.main import app
@@ -56,7 +56,7 @@ def test_reencoded_scan_gets_nearly_the_same_age(predictor, ixi_dir, tmp_path):
     if not scan.exists():
         scan = sorted((ixi_dir / "t1").glob("*.nii.gz"))[10]
     variants = reencoded_variants(scan, tmp_path)
-    chosen = [variants[k] for k in ("lpi", "iso1.5", "origin25", "rot10", "int16")]
+    chosen = [variants[k] for k in INVARIANT_REENCODINGS]
     table = predictor.predict_files([scan, *chosen], workers=2, progress=False)
     assert (table["status"] == "ok").all(), table["error"].tolist()
     ages = table["predicted_age"].to_numpy()
