@@ -95,9 +95,12 @@ def masked_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(np.corrcoef(np.asarray(a)[mask], np.asarray(b)[mask])[0, 1])
 
 
-# the storage variants a model's prediction should not depend on (the 3D ones; "aniso" and "4d1"
-# are conform tests' own)
-INVARIANT_REENCODINGS = ("lpi", "iso1.5", "origin25", "rot10", "int16")
+# Storage variants at the scan's own voxel size: a model's prediction should not depend on them.
+INVARIANT_REENCODINGS = ("lpi", "origin25", "rot10", "int16")
+# Copies interpolated onto other voxel sizes. Conform takes the voxel size for the acquired
+# resolution (PreprocessConfig.match_resolution), so it blurs these copies of a 2 mm scan a little
+# more than they need: their predictions move more than the invariant variants'.
+RESAMPLED_REENCODINGS = ("iso1.5", "iso1.0", "aniso")
 
 
 def reencoded_variants(path: Path, folder: Path) -> dict[str, Path]:
@@ -111,7 +114,8 @@ def reencoded_variants(path: Path, folder: Path) -> dict[str, Path]:
     variants: dict[str, nib.Nifti1Image] = {}
     variants["ras"] = nib.as_closest_canonical(img)
     variants["lpi"] = img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt("LPI")))
-    for name, zooms in {"iso1.5": (1.5, 1.5, 1.5), "aniso": (1.0, 1.2, 3.0)}.items():
+    grids = {"iso1.5": (1.5, 1.5, 1.5), "iso1.0": (1.0, 1.0, 1.0), "aniso": (1.0, 1.2, 3.0)}
+    for name, zooms in grids.items():
         variants[name] = resample_img(
             img,
             target_affine=np.diag(zooms),

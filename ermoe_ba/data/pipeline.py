@@ -1,4 +1,4 @@
-"""The conform stages in order, timed: load → N4 → register → resample → mask → normalise → QC.
+"""The conform stages in order, timed: load → N4 → register → anti-alias + resample → mask → normalise → QC.
 
 Raises :class:`~ermoe_ba.data.io.ScanError` for bad input; :class:`~ermoe_ba.data.conform.Conformer`
 turns every exception into a result row.
@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from ermoe_ba.data.io import ScanError, load_scan
 from ermoe_ba.data.qc import qc_failures, similarity_score, tissue_contrast
 from ermoe_ba.data.registration import RegistrationSettings, bias_correct, register
-from ermoe_ba.data.sitk_utils import array_to_sitk, grid_reference
+from ermoe_ba.data.sitk_utils import antialiased, array_to_sitk, grid_reference
 from ermoe_ba.data.template import grid_core_mask, grid_mask, grid_template, load_template
 from ermoe_ba.models.config import PreprocessConfig
 
@@ -88,7 +88,8 @@ def run_pipeline(path: str | Path, config: PreprocessConfig) -> dict[str, Any]:
     start = time.perf_counter()
     image = head_scaled(image)
     if config.bias_correction:
-        image = head_scaled(bias_correct(image, shrink=int(config.bias_shrink)))
+        spacing = float(config.voxel_size) if config.match_resolution else None
+        image = head_scaled(bias_correct(image, shrink=int(config.bias_shrink), reference_spacing=spacing))
     timings["bias_correction"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -107,6 +108,8 @@ def run_pipeline(path: str | Path, config: PreprocessConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     reference = grid_reference(config.grid_shape, config.grid_affine())
+    if config.match_resolution:
+        image = antialiased(image, float(config.voxel_size))
     resampled = sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     raw = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
     mask = grid_mask(config)

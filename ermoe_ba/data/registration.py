@@ -70,16 +70,24 @@ class RegistrationResult:
 
 
 def bias_correct(
-    image: sitk.Image, shrink: int = 4, iterations: tuple[int, ...] = (40, 30, 20)
+    image: sitk.Image,
+    shrink: int = 4,
+    iterations: tuple[int, ...] = (40, 30, 20),
+    reference_spacing: float | None = None,
 ) -> sitk.Image:
     """N4 bias-field correction estimated on a shrunk copy inside an Otsu head mask.
 
     The field is fitted at ``1/shrink`` resolution and evaluated on the full image, which keeps
-    the cost small; ``shrink`` must be at least 2.
+    the cost small; ``shrink`` must be at least 2. With ``reference_spacing`` (mm), each axis is
+    shrunk by ``round(shrink * reference_spacing / spacing)`` (at least 1) instead, so the fit sees
+    voxels of about ``shrink * reference_spacing`` mm whatever the scan's own voxel size.
     """
     if shrink < 2:
         raise ValueError(f"bias_shrink={shrink}; N4 runs on a shrunk image, use a shrink factor >= 2")
-    small = sitk.Shrink(image, [shrink] * 3)
+    factors = [shrink] * 3
+    if reference_spacing is not None:
+        factors = [max(1, round(shrink * reference_spacing / s)) for s in image.GetSpacing()]
+    small = sitk.Shrink(image, factors)
     mask = sitk.OtsuThreshold(small, 0, 1, 200)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])

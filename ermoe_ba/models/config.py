@@ -187,8 +187,16 @@ class PreprocessConfig:
         Affine registration to the template; turn off for scans already in MNI space.
     bias_correction
         N4 bias-field correction before registration.
+    bias_shrink
+        N4 fits the bias field on a copy shrunk by this factor (see ``match_resolution``).
     brain_mask
         Multiply by the template brain mask after resampling.
+    match_resolution
+        Conform a scan the same way whatever its voxel size: N4 fits on voxels of about
+        ``bias_shrink * voxel_size`` mm, and an axis finer than the grid is blurred before
+        resampling with a Gaussian of variance ``(voxel_size² − spacing²) / 4`` mm² (see
+        :func:`ermoe_ba.data.sitk_utils.antialiased`), so a 1 mm scan reaches the grid as sharp as
+        one stored at ``voxel_size``. A scan stored at ``voxel_size`` conforms identically either way.
     intensity
         ``"robust_zscore"``: inside the brain mask, subtract the median and divide by the
         inter-quartile range scaled to a standard deviation, then clip to ``intensity_clip``.
@@ -203,6 +211,7 @@ class PreprocessConfig:
     bias_correction: bool = True
     bias_shrink: int = 4
     brain_mask: bool = True
+    match_resolution: bool = True
     intensity: str = "robust_zscore"
     intensity_clip: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -56,8 +56,12 @@ def test_reencoded_scan_gets_nearly_the_same_age(predictor, ixi_dir, tmp_path):
     if not scan.exists():
         scan = sorted((ixi_dir / "t1").glob("*.nii.gz"))[10]
     variants = reencoded_variants(scan, tmp_path)
-    chosen = [variants[k] for k in INVARIANT_REENCODINGS]
+    chosen = [variants[k] for k in (*INVARIANT_REENCODINGS, "iso1.5")]
     table = predictor.predict_files([scan, *chosen], workers=2, progress=False)
     assert (table["status"] == "ok").all(), table["error"].tolist()
     ages = table["predicted_age"].to_numpy()
-    assert np.abs(ages[1:] - ages[0]).max() <= 1.0, dict(zip(table["subject_id"], ages.round(2), strict=True))
+    shifts = dict(zip(table["subject_id"][1:], np.abs(ages[1:] - ages[0]).round(2), strict=True))
+    assert max(shifts[k] for k in INVARIANT_REENCODINGS) <= 1.0, shifts
+    # A 1.5 mm copy is blurred as if acquired at 1.5 mm (bench/reencoding.py, 6 scans: 0.4 y on
+    # average, at most 1.1 y; up to 4.1 y without resolution matching).
+    assert shifts["iso1.5"] <= 2.0, shifts
