@@ -6,6 +6,9 @@ points with an origin, spacing and direction. ``_FLIP`` = diag(-1, -1, 1) conver
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -14,6 +17,7 @@ __all__ = [
     "antialiased",
     "array_to_sitk",
     "grid_reference",
+    "itk_threads",
     "ras_matrix_to_affine_transform",
     "sitk_to_array",
 ]
@@ -64,6 +68,24 @@ def antialiased(image: sitk.Image, grid_spacing: float) -> sitk.Image:
     smoother.SetMaximumError(1e-4)  # a looser truncation visibly shrinks sub-voxel variances
     smoother.SetMaximumKernelWidth(64)
     return smoother.Execute(image)
+
+
+@contextmanager
+def itk_threads(count: int) -> Iterator[None]:
+    """Run the SimpleITK calls inside the block with ``count`` threads (the global default).
+
+    Examples
+    --------
+    >>> with itk_threads(1):
+    ...     sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    1
+    """
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
 def sitk_to_array(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
