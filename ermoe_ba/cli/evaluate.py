@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import app
+from ermoe_ba.cli.main import WORKERS_HELP, app
 
 __all__ = ["evaluate"]
 
@@ -22,7 +22,7 @@ def evaluate(
     ages: Path | None = typer.Option(None, "--ages", help="Table of subject_id, age (overrides input ages)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel conforming processes."),
+    workers: int = typer.Option(0, "--workers", "-j", min=0, help=WORKERS_HELP),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Conformed-volume cache folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:

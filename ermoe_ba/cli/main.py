@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import typer
 
-__all__ = ["app"]
+__all__ = ["WORKERS_HELP", "app"]
+
+WORKERS_HELP = (
+    "Parallel conforming processes; 0 = one per CPU core (at most 4). Results do not depend on it: "
+    "N4 and registration run on one thread in each process."
+)
 
 app = typer.Typer(
     name="ermoe-ba",

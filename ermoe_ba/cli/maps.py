@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import app
+from ermoe_ba.cli.main import WORKERS_HELP, app
 
 __all__ = ["maps"]
 
@@ -74,7 +74,7 @@ def maps(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     ages: Annotated[Path | None, typer.Option(help="Table of subject_id, age (for regional age trends).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
-    workers: Annotated[int, typer.Option(min=1, help="Parallel preprocessing processes.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help=WORKERS_HELP)] = 0,
     no_native: Annotated[bool, typer.Option("--no-native", help="Skip maps in each scan's own space.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import app
+from ermoe_ba.cli.main import WORKERS_HELP, app
 
 __all__ = ["predict"]
 
@@ -97,7 +97,7 @@ def predict(
     model: Annotated[str, typer.Option(help="Bundled model name or checkpoint path.")] = "default",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Scans per model batch.")] = 4,
-    workers: Annotated[int, typer.Option(min=1, help="Parallel preprocessing processes.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help=WORKERS_HELP)] = 0,
     no_register: Annotated[bool, typer.Option("--no-register", help="Scans are already in MNI space.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip scans already in --out.")] = False,
     num_parts: Annotated[int, typer.Option(min=1, help="Split the scans into this many parts...")] = 1,

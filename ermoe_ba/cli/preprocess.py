@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import app
+from ermoe_ba.cli.main import WORKERS_HELP, app
 
 __all__ = ["preprocess"]
 
@@ -21,7 +21,7 @@ def preprocess(
         "or CSV/TSV tables with a path column.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for <subject_id>.nii.gz and qc.tsv."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel processes."),
+    workers: int = typer.Option(0, "--workers", "-j", min=0, help=WORKERS_HELP),
     register: bool = typer.Option(True, "--register/--no-register", help="Affine registration to MNI152."),
     bias_correction: bool = typer.Option(
         True, "--bias-correction/--no-bias-correction", help="N4 bias-field correction."

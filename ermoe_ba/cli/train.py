@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import app
+from ermoe_ba.cli.main import WORKERS_HELP, app
 
 __all__ = ["parse_overrides", "train"]
 
@@ -103,7 +103,7 @@ def train(
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel conforming processes."),
+    workers: int = typer.Option(0, "--workers", "-j", min=0, help=WORKERS_HELP),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Conformed-volume cache folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:

@@ -17,7 +17,7 @@ from ermoe_ba.data.cache import cache_key, file_digest, load_entry, save_entry
 from ermoe_ba.data.discovery import ScanRecord, subject_id_from_path
 from ermoe_ba.models.config import PreprocessConfig
 
-__all__ = ["STATUSES", "ConformResult", "Conformer", "conform_records"]
+__all__ = ["STATUSES", "ConformResult", "Conformer", "auto_workers", "conform_records"]
 
 STATUSES = ("ok", "qc_fail", "error")
 
@@ -184,6 +184,14 @@ class Conformer:
 
 
 _WORKER: Conformer | None = None
+MAX_AUTO_WORKERS = 4  # about 0.7 GB each
+
+
+def auto_workers(scans: int) -> int:
+    """Worker processes for ``workers=0``: one per CPU core, at most 4 and at most one per scan."""
+    import os
+
+    return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS, scans))
 
 
 def _init_worker(config_dict: dict, cache_dir: str | None, threads: int) -> None:
@@ -209,11 +217,15 @@ def conform_records(
     """Conform many scans, yielding results in input order.
 
     With ``workers > 1`` scans run in a pool of spawned processes (each with its share of the
-    CPU threads). A Python exception in one scan becomes that scan's error row; a hard crash of
-    a worker process (e.g. out of memory) stops the batch.
+    CPU threads); ``workers=0`` picks :func:`auto_workers`. N4 and registration run on one thread
+    in every process (see :mod:`ermoe_ba.data.pipeline`), so results do not depend on ``workers``
+    and more workers are the way to use more cores. A Python exception in one scan becomes that
+    scan's error row; a hard crash of a worker process (e.g. out of memory) stops the batch.
     """
     config = config or PreprocessConfig()
     records = list(records)
+    if workers == 0:
+        workers = auto_workers(len(records))
     bar = None
     if progress:
         from tqdm.auto import tqdm
