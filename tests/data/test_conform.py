@@ -7,6 +7,7 @@ a registration started far off is flagged; cached results equal fresh ones.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from conform_helpers import (
     write_dicom_series,
 )
 
-from ermoe_ba.data.conform import Conformer, conform_records
+from ermoe_ba.data.conform import Conformer, auto_workers, conform_records
 from ermoe_ba.data.discovery import ScanRecord, discover
 from ermoe_ba.data.sitk_utils import itk_threads
 from ermoe_ba.data.template import grid_mask, grid_template
@@ -123,6 +124,18 @@ def test_conform_is_deterministic_whatever_the_thread_count(scan: Path, referenc
         assert not fresh.cached
         np.testing.assert_array_equal(fresh.transform, reference.transform)
         np.testing.assert_array_equal(fresh.volume, reference.volume)
+
+
+@pytest.mark.slow
+def test_results_do_not_depend_on_the_number_of_workers(scan: Path, reference) -> None:
+    second = ixi_scans()[7]
+    alone = list(conform_records([scan, second], CONFIG, workers=1, progress=False))
+    pooled = list(conform_records([scan, second], CONFIG, workers=0, progress=False))  # auto
+    assert auto_workers(2) == min(os.cpu_count() or 1, 2) and auto_workers(100) <= 4
+    for one, other in zip(alone, pooled, strict=True):
+        np.testing.assert_array_equal(one.transform, other.transform)
+        np.testing.assert_array_equal(one.volume, other.volume)
+    np.testing.assert_array_equal(alone[0].volume, reference.volume)
 
 
 def test_registration_started_far_off_is_flagged_qc_fail(scan: Path) -> None:
