@@ -26,6 +26,11 @@ def preprocess(
     bias_correction: bool = typer.Option(
         True, "--bias-correction/--no-bias-correction", help="N4 bias-field correction."
     ),
+    match_resolution: bool = typer.Option(
+        True,
+        "--match-resolution/--no-match-resolution",
+        help="Blur scans finer than the 2 mm grid to its sharpness and fit N4 at a fixed spacing.",
+    ),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Conformed-volume cache (default: $ERMOE_BA_CACHE or ~/.cache/ermoe-ba)."
     ),
@@ -54,7 +59,7 @@ def preprocess(
     if not records:
         typer.echo(f"error: no scans found in {', '.join(map(str, inputs))}", err=True)
         raise typer.Exit(2)
-    config = PreprocessConfig(register=register, bias_correction=bias_correction)
+    config = PreprocessConfig(register=register, bias_correction=bias_correction, match_resolution=match_resolution)
     cache = None if no_cache else (cache_dir or default_cache_dir())
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -76,6 +76,25 @@ def test_no_register_no_bias_correction_on_a_scan_already_in_mni_space(tmp_path:
     assert row["status"] == "ok" and row["qc_score"] > 0.999
 
 
+def test_match_resolution_flag_reaches_the_conform_config(tmp_path: Path) -> None:
+    from nilearn.datasets import load_mni152_template
+
+    from ermoe_ba.data.conform import Conformer
+    from ermoe_ba.models.config import PreprocessConfig
+
+    scan = tmp_path / "mni1mm.nii.gz"
+    nib.save(load_mni152_template(resolution=1), scan)
+    outputs = {}
+    for flag, matched in (("--match-resolution", True), ("--no-match-resolution", False)):
+        out = tmp_path / flag
+        args = ("--out", str(out), "--no-register", "--no-bias-correction", "--no-cache", flag)
+        assert _run(str(scan), *args).exit_code == 0
+        outputs[flag] = nib.load(out / "mni1mm.nii.gz").get_fdata()
+        config = PreprocessConfig(register=False, bias_correction=False, match_resolution=matched)
+        np.testing.assert_allclose(outputs[flag], Conformer(config)(scan).volume, atol=1e-6)
+    assert np.abs(outputs["--match-resolution"] - outputs["--no-match-resolution"]).max() > 0.1
+
+
 def test_synthetic_blob_is_not_passed_on_silently(tmp_path: Path) -> None:
     # A head-sized ellipsoid with no anatomy: registration cannot find a brain.
     save_nifti(tmp_path / "blob.nii.gz", synthetic_head((64, 72, 60)) * 10, (3.0, 3.0, 3.0))
