@@ -130,7 +130,8 @@ def load_volumes(
     cache_dir
         Conforming cache; :func:`ermoe_ba.data.cache.default_cache_dir` when None.
     workers
-        Parallel conforming processes for scans not in the cache yet.
+        Parallel conforming processes for scans not in the cache yet (0: one per core, see
+        :func:`ermoe_ba.data.conform.auto_workers`).
 
     Scans that fail conforming or QC are left out and listed in ``skipped`` with the reason.
     """
