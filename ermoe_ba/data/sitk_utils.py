@@ -74,6 +74,9 @@ def antialiased(image: sitk.Image, grid_spacing: float) -> sitk.Image:
 def itk_threads(count: int) -> Iterator[None]:
     """Run the SimpleITK calls inside the block with ``count`` threads (the global default).
 
+    The default is process-wide, so Python threads conforming at the same time in one process
+    would change it under each other; the package parallelises conforming with processes only.
+
     Examples
     --------
     >>> with itk_threads(1):
