@@ -2,9 +2,9 @@
 
 The oracles: a point blurred by :func:`antialiased` gains exactly the variance the docstring
 states along each finer axis and none along coarser ones; a scan stored at the grid spacing (all
-training data) conforms exactly as without resolution matching; a development scan's 1 mm copy
-reaches a 4 mm grid about as sharp as, and closer to, the same head averaged into 4 mm voxels (as
-if acquired at 4 mm) than without matching, where it is sharper.
+training data) conforms exactly as without resolution matching; on a 4 mm grid a 2 mm development
+scan lands about as sharp as, and closer to, its own 2×2×2 block average (the same head as if
+acquired at 4 mm) than without matching, where it comes out sharper.
 """
 
 from __future__ import annotations
