@@ -29,6 +29,7 @@ FOLDS_OUT = RESULTS / "ensemble_cv_folds"
 N_FOLDS = 5
 MAIN, STEM, SFCN_SEED1 = "brain_age_cv_folds", "probes/conv_pool_stem", "probes/sfcn_seed1"
 WHITENED, WHITENED_SEED1 = "probes/whitened_score", "probes/whitened_seed1"
+WHITENED_CONV_SEED1 = "probes/whitened_conv_seed1"
 DEFAULT_ENSEMBLES = {
     "ermoe_two_stems": [f"{MAIN}/ermoe", f"{STEM}/ermoe_conv_pool"],
     "ermoe_whitened_two_stems": [f"{MAIN}/ermoe_whitened", f"{WHITENED}/ermoe_whitened_conv_pool"],
@@ -40,6 +41,7 @@ DEFAULT_ENSEMBLES = {
         f"{WHITENED}/ermoe_whitened_conv_pool",
         f"{WHITENED_SEED1}/ermoe_whitened_conv_pool",
     ],
+    "ermoe_whitened_two_seeds": [f"{MAIN}/ermoe_whitened", f"{WHITENED_CONV_SEED1}/ermoe_whitened"],
     "ermoe_and_sfcn": [f"{MAIN}/ermoe", f"{MAIN}/sfcn"],
     "sfcn_and_pca_ridge": [f"{MAIN}/sfcn", f"{MAIN}/pca_ridge"],
 }
