@@ -20,6 +20,7 @@ little more than they need.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 import tempfile
@@ -54,9 +55,9 @@ def main() -> None:
     predictors = {label: BrainAgePredictor.from_pretrained(path, device="cpu") for label, path in models.items()}
     if args.unmatched:
         for label, path in list(models.items()):
-            predictor = BrainAgePredictor.from_pretrained(path, device="cpu")
-            predictor.preprocess = dataclasses.replace(predictor.preprocess, match_resolution=False)
-            predictors[f"{label}/unmatched"], models[f"{label}/unmatched"] = predictor, path
+            unmatched = copy.copy(predictors[label])  # shares the loaded model; only the conform config differs
+            unmatched.preprocess = dataclasses.replace(unmatched.preprocess, match_resolution=False)
+            predictors[f"{label}/unmatched"], models[f"{label}/unmatched"] = unmatched, path
     shifts: dict[str, list[list[float]]] = {label: [] for label in models}
     with tempfile.TemporaryDirectory() as tmp:
         for index, scan in enumerate(scans):

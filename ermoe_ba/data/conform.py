@@ -7,6 +7,7 @@ and the ``ermoe-ba preprocess`` command wrap it. Bad input never raises: it beco
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +190,6 @@ MAX_AUTO_WORKERS = 4  # about 0.7 GB each
 
 def auto_workers(scans: int) -> int:
     """Worker processes for ``workers=0``: one per CPU core, at most 4 and at most one per scan."""
-    import os
-
     return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS, scans))
 
 
@@ -240,7 +239,6 @@ def conform_records(
                     bar.update()
             return
         import multiprocessing
-        import os
         from concurrent.futures import ProcessPoolExecutor
 
         threads = max(1, (os.cpu_count() or 1) // workers)
