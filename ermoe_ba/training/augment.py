@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ermoe_ba.models.config import check_choice
+from ermoe_ba.training.sharpness import change_sharpness
 
 __all__ = ["AugmentConfig", "BatchAugment"]
 
@@ -62,6 +63,10 @@ class AugmentConfig:
         Gamma contrast change with ``gamma`` drawn log-uniformly from the range.
     noise_prob, noise_std
         Gaussian noise with standard deviation drawn from ``[0, noise_std]``.
+    blur_prob, blur_variance
+        Sharpness change (:func:`~ermoe_ba.training.sharpness.change_sharpness`, both back-ends):
+        a variance in voxel² drawn uniformly from the range, blurring if positive, sharpening
+        by an unsharp mask if negative. Off by default (see the README's probe of it).
     flip_lr
         Random left-right flips (off: ageing is asymmetric).
     """
@@ -77,11 +82,16 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.8, 1.25)
     noise_prob: float = 0.0
     noise_std: float = 0.05
+    blur_prob: float = 0.0
+    blur_variance: tuple[float, float] = (-0.25, 0.5)
     flip_lr: bool = False
 
     def __post_init__(self) -> None:
         check_choice("augment kind", self.kind, ("fast", "monai", "none"))
         self.gamma_range = tuple(self.gamma_range)
+        self.blur_variance = tuple(self.blur_variance)
+        if self.blur_variance[0] > self.blur_variance[1]:
+            raise ValueError(f"blur_variance must be (low, high) with low <= high, got {self.blur_variance}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -165,8 +175,20 @@ class BatchAugment:
         x = x.detach().float().cpu()
         if self._monai is not None:
             out = torch.stack([torch.as_tensor(self._monai(sample)) for sample in x]).float()
-            return out.to(device, dtype)
-        return self._fast(x).to(device, dtype)
+            return self._sharpness(out).to(device, dtype)
+        return self._sharpness(self._fast(x)).to(device, dtype)
+
+    def _sharpness(self, x: torch.Tensor) -> torch.Tensor:
+        """Blur or sharpen the samples that draw it (``blur_prob``), each by its own variance."""
+        c = self.config
+        if c.blur_prob <= 0:
+            return x
+        low, high = c.blur_variance
+        draws = self._rand(x.shape[0], 2)  # per sample: change?, variance
+        for i in range(x.shape[0]):
+            if draws[i, 0] < c.blur_prob:
+                x[i : i + 1] = change_sharpness(x[i : i + 1], low + (high - low) * float(draws[i, 1]))
+        return x
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
         c, b = self.config, x.shape[0]

@@ -27,6 +27,7 @@ from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.methods import Method, settings_defaults
 from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
+from ermoe_ba.training.sensitivity import prediction_shifts
 from ermoe_ba.training.splits import FoldSplit
 
 __all__ = [
@@ -45,7 +46,11 @@ log = logging.getLogger(__name__)
 
 
 def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any]:
-    """Train and test ``method`` on one fold; fit the bias correction without the test scans."""
+    """Train and test ``method`` on one fold; fit the bias correction without the test scans.
+
+    The result also records how far the test predictions move under the perturbations of
+    :mod:`ermoe_ba.training.sensitivity` (``"sensitivity"``), when the method exposes a predictor.
+    """
     start = time.perf_counter()
     out = method.fit_predict(data, split)
     ages = data.ages
@@ -62,6 +67,7 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any
         correction = AgeBiasCorrection()
     test_age = ages[split.test]
     corrected = correction.apply(out.test_pred)
+    sensitivity = {} if out.predictor is None else prediction_shifts(out.predictor, data.volumes[split.test])
     return {
         "method": method.name,
         "fold": split.fold,
@@ -77,6 +83,7 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any
         "n_test": len(split.test),
         "seconds": time.perf_counter() - start,
         "settings": method.describe(),
+        "sensitivity": sensitivity,
         **out.info,
     }
 
@@ -221,6 +228,7 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         pooled = regression_metrics(age, np.concatenate([f["predicted"] for f in folds]))
         load = _load_summary(folds)
         members = _member_summary(folds)
+        sensitivity = _sensitivity_summary(folds)
         summary[name] = {
             "folds": sorted(f["fold"] for f in folds),
             **per,
@@ -230,5 +238,18 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
             "parameters": folds[0].get("parameters"),
             "train_seconds": mean_sd([f.get("train_seconds", float("nan")) for f in folds]),
             **({"single_model": members} if members else {}),
+            **({"sensitivity": sensitivity} if sensitivity else {}),
         }
     return summary
+
+
+def _sensitivity_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]] | None:
+    """Per perturbation, mean over folds of the mean and mean absolute prediction shift (None if a
+    fold lacks them: folds written before the measure existed)."""
+    if not all(f.get("sensitivity") for f in folds):
+        return None
+    names = folds[0]["sensitivity"]
+    return {
+        name: {key: mean_sd([f["sensitivity"][name][key] for f in folds])["mean"] for key in ("mean", "mean_abs")}
+        for name in names
+    }

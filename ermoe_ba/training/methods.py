@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,12 +35,18 @@ __all__ = [
 
 @dataclass
 class FoldPrediction:
-    """What a method returns for one fold (cohort positions index the predictions)."""
+    """What a method returns for one fold (cohort positions index the predictions).
+
+    ``predictor`` maps ``(b, 1, R, A, S)`` volumes to predicted ages with the fold's fitted
+    model (ensemble members averaged), for the sensitivity measures of
+    :mod:`ermoe_ba.training.sensitivity`.
+    """
 
     calibration_index: np.ndarray
     calibration_pred: np.ndarray
     test_pred: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    predictor: Callable[[torch.Tensor], np.ndarray] | None = None
 
 
 class Method(Protocol):
@@ -126,7 +133,11 @@ class DeepMethod:
                 {**{k: v for k, v in m["info"].items() if k != "history"}, "test_pred": m["test_pred"].tolist()}
                 for m in members
             ]
-        return FoldPrediction(split.val, val_pred, test_pred, info)
+
+        def predictor(volumes: torch.Tensor) -> np.ndarray:
+            return np.mean([m["predict"](volumes) for m in members], axis=0)
+
+        return FoldPrediction(split.val, val_pred, test_pred, info, predictor)
 
     def _fit_member(
         self, data: VolumeSet, split: FoldSplit, cfg: TrainConfig, overrides: dict[str, Any]
@@ -158,7 +169,11 @@ class DeepMethod:
             "history": result.history,
             "load": load,
         }
-        return {"val_pred": val_pred, "test_pred": test_pred, "info": info}
+
+        def member_predict(volumes: torch.Tensor) -> np.ndarray:
+            return predict(model, volumes, result.scaler, cfg.eval_batch_size, device)[0]
+
+        return {"val_pred": val_pred, "test_pred": test_pred, "info": info, "predict": member_predict}
 
     def describe(self) -> dict[str, Any]:
         """Settings for the results file."""
@@ -195,7 +210,7 @@ class ClassicalMethod:
         calib = model.out_of_fold(data.volumes[fit_idx], data.ages[fit_idx])
         test_pred = model.predict(data.volumes[split.test])
         info = {"best_alpha": model.best_alpha, "train_seconds": time.perf_counter() - start, "load": {}}
-        return FoldPrediction(fit_idx, calib, test_pred, info)
+        return FoldPrediction(fit_idx, calib, test_pred, info, model.predict)
 
     def describe(self) -> dict[str, Any]:
         """Settings for the results file."""

@@ -16,6 +16,7 @@ from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.cv import cross_validate, summarize
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.methods import ClassicalMethod, DeepMethod, FoldPrediction
+from ermoe_ba.training.sensitivity import PERTURBATIONS, prediction_shifts
 from ermoe_ba.training.splits import FoldSplit, cv_splits
 
 
@@ -94,6 +95,33 @@ def test_deep_and_classical_methods_report_fold_results_and_load(tmp_path, synth
     assert all(sum(v["tokens_per_expert"]) == expected_tokens for v in layers.values())
     assert deep["parameters"]["active"] < deep["parameters"]["total"]
     assert results["pca_ridge"][0]["best_alpha"] > 0
+    for result in (deep, results["pca_ridge"][0]):  # both expose a predictor: shifts under perturbation
+        assert set(result["sensitivity"]) == set(PERTURBATIONS)
+        assert all(0 <= s["mean_abs"] <= s["max_abs"] < 100 for s in result["sensitivity"].values())
+
+
+def test_sensitivity_is_recorded_per_fold_and_averaged_in_the_summary(tmp_path, synthetic, folds):
+    class BrainMeanWithPredictor(BrainMeanMethod):
+        def fit_predict(self, data, split):
+            out = super().fit_predict(data, split)
+            out.predictor = lambda v: 30.0 + 100.0 * v.float().mean(dim=(1, 2, 3, 4)).numpy()
+            return out
+
+    results = cross_validate([BrainMeanWithPredictor(name="with")], synthetic, folds, tmp_path)
+    folds_done = results["with"]
+    expected = [
+        prediction_shifts(lambda v: 30.0 + 100.0 * v.float().mean(dim=(1, 2, 3, 4)).numpy(), synthetic.volumes[f.test])
+        for f in folds
+    ]
+    for done, shifts in zip(folds_done, expected, strict=True):
+        assert set(done["sensitivity"]) == set(shifts)
+        assert all(done["sensitivity"][name] == pytest.approx(shifts[name]) for name in shifts)
+    summary = summarize(results)["with"]["sensitivity"]
+    for name in PERTURBATIONS:
+        assert summary[name]["mean_abs"] == pytest.approx(np.mean([s[name]["mean_abs"] for s in expected]))
+    assert summary["blur"]["mean_abs"] > 0  # blurring a masked brain changes its mean intensity
+    without = cross_validate([BrainMeanMethod(name="without")], synthetic, folds, tmp_path)
+    assert without["without"][0]["sensitivity"] == {} and "sensitivity" not in summarize(without)["without"]
 
 
 def test_changed_settings_rerun_a_finished_fold(tmp_path, synthetic, folds):
