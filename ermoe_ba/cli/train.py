@@ -90,6 +90,15 @@ def train(
         "instead of the validation scans.",
     ),
     augment: str = typer.Option("fast", "--augment", help="fast, monai or none."),
+    blur_prob: float = typer.Option(
+        0.0,
+        "--blur-prob",
+        min=0.0,
+        max=1.0,
+        help="Probability per scan and step of a random blur or sharpening (variance drawn from "
+        "AugmentConfig.blur_variance, -0.25 to 0.5 voxel²), so that predictions depend less on a scan's "
+        "sharpness; 0: off.",
+    ),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Weight EMA decay per step (0: off)."),
     seeds: int = typer.Option(
         1, "--seeds", min=1, help="Train N models with different seeds; save their average as one ensemble."
@@ -129,7 +138,7 @@ def train(
         member_overrides = parse_members(members)
         config = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, keep=keep,
-            device=device, seed=seed, progress=progress, augment=AugmentConfig(kind=augment),
+            device=device, seed=seed, progress=progress, augment=AugmentConfig(kind=augment, blur_prob=blur_prob),
             ema_decay=ema_decay, num_threads=threads,
         )  # fmt: skip
         for variant in member_model_overrides(model_overrides, member_overrides, seeds):
