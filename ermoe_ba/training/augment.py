@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ermoe_ba.models.config import check_choice
-from ermoe_ba.training.sharpness import change_sharpness
+from ermoe_ba.training.sharpness import change_sharpness, fractional_shift
 
 __all__ = ["AugmentConfig", "BatchAugment"]
 
@@ -67,6 +67,11 @@ class AugmentConfig:
         Sharpness change (:func:`~ermoe_ba.training.sharpness.change_sharpness`, both back-ends):
         a variance in voxel² drawn uniformly from the range, blurring if positive, sharpening
         by an unsharp mask if negative. Off by default (see the README's probe of it).
+    subvoxel_prob
+        Random fractional shift, uniform in ``[-0.5, 0.5)`` voxel along each axis, by linear
+        interpolation (:func:`~ermoe_ba.training.sharpness.fractional_shift`, both back-ends):
+        the interpolation blur conform's resampling gives a scan at a random sub-voxel offset.
+        Applied before the sharpness change. Off by default.
     flip_lr
         Random left-right flips (off: ageing is asymmetric).
     """
@@ -84,6 +89,7 @@ class AugmentConfig:
     noise_std: float = 0.05
     blur_prob: float = 0.0
     blur_variance: tuple[float, float] = (-0.25, 0.5)
+    subvoxel_prob: float = 0.0
     flip_lr: bool = False
 
     def __post_init__(self) -> None:
@@ -179,15 +185,19 @@ class BatchAugment:
         return self._sharpness(self._fast(x)).to(device, dtype)
 
     def _sharpness(self, x: torch.Tensor) -> torch.Tensor:
-        """Blur or sharpen the samples that draw it (``blur_prob``), each by its own variance."""
-        c = self.config
-        if c.blur_prob <= 0:
-            return x
+        """Shift by a fraction of a voxel (``subvoxel_prob``), then blur or sharpen (``blur_prob``), the
+        samples that draw it, each by its own amount."""
+        c, b = self.config, x.shape[0]
+        # blur draws come first, so adding sub-voxel shifts leaves a blur-only recipe's stream unchanged
+        blur = self._rand(b, 2) if c.blur_prob > 0 else None  # per sample: change?, variance
+        shift = self._rand(b, 4) if c.subvoxel_prob > 0 else None  # per sample: shift?, three offsets
         low, high = c.blur_variance
-        draws = self._rand(x.shape[0], 2)  # per sample: change?, variance
-        for i in range(x.shape[0]):
-            if draws[i, 0] < c.blur_prob:
-                x[i : i + 1] = change_sharpness(x[i : i + 1], low + (high - low) * float(draws[i, 1]))
+        for i in range(b):
+            if shift is not None and shift[i, 0] < c.subvoxel_prob:
+                offsets = tuple(float(t) - 0.5 for t in shift[i, 1:])
+                x[i : i + 1] = fractional_shift(x[i : i + 1], offsets)
+            if blur is not None and blur[i, 0] < c.blur_prob:
+                x[i : i + 1] = change_sharpness(x[i : i + 1], low + (high - low) * float(blur[i, 1]))
         return x
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:

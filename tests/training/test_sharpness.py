@@ -106,3 +106,15 @@ def test_prediction_shifts_are_zero_for_a_blind_model_and_signed_for_a_sharpness
     assert shifts["blur"]["mean"] > 0 and shifts["sharpen"]["mean"] < 0 and shifts["half_voxel_shift"]["mean"] > 0
     for entry in shifts.values():
         assert entry["max_abs"] >= entry["mean_abs"] == pytest.approx(abs(entry["mean"]))
+
+
+def test_subvoxel_augmentation_moves_each_sample_by_its_own_fraction_of_a_voxel():
+    x = _brain((16, 16, 16), margin=1).repeat(4, 1, 1, 1, 1)
+    x = x * (torch.arange(16.0).view(16, 1, 1) + 10.0)  # a ramp along R, slope 1 per voxel
+    y = BatchAugment(AugmentConfig(shift=0, subvoxel_prob=1.0), seed=2)(x.clone())
+    moved = (y - x)[:, 0, 3:-3, 3:-3, 3:-3]  # a linear ramp shifted by t reads x - t_R inside
+    per_sample = moved.flatten(1)
+    torch.testing.assert_close(per_sample, per_sample[:, :1].expand_as(per_sample))
+    offsets = -per_sample[:, 0]
+    assert bool((offsets.abs() <= 0.5).all()) and len(set(offsets.tolist())) == 4
+    assert torch.equal(y[x == 0], torch.zeros_like(y[x == 0]))
