@@ -99,6 +99,14 @@ def train(
         "AugmentConfig.blur_variance, -0.25 to 0.5 voxel²), so that predictions depend less on a scan's "
         "sharpness; 0: off.",
     ),
+    subvoxel_prob: float = typer.Option(
+        0.0,
+        "--subvoxel-prob",
+        min=0.0,
+        max=1.0,
+        help="Probability per scan and step of a random shift by a fraction of a voxel (linear interpolation, "
+        "the blur conform's resampling gives a scan); 0: off.",
+    ),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Weight EMA decay per step (0: off)."),
     seeds: int = typer.Option(
         1, "--seeds", min=1, help="Train N models with different seeds; save their average as one ensemble."
@@ -136,10 +144,10 @@ def train(
         if router is not None:
             model_overrides["router"] = router
         member_overrides = parse_members(members)
+        augmentation = AugmentConfig(kind=augment, blur_prob=blur_prob, subvoxel_prob=subvoxel_prob)
         config = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, keep=keep,
-            device=device, seed=seed, progress=progress, augment=AugmentConfig(kind=augment, blur_prob=blur_prob),
-            ema_decay=ema_decay, num_threads=threads,
+            device=device, seed=seed, progress=progress, augment=augmentation, ema_decay=ema_decay, num_threads=threads,
         )  # fmt: skip
         for variant in member_model_overrides(model_overrides, member_overrides, seeds):
             _check_model(model, variant)
