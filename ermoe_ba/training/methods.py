@@ -245,6 +245,6 @@ def method_from_dict(spec: dict[str, Any], train: TrainConfig | None = None) -> 
     if kind != "deep":
         raise ValueError(f"method kind {kind!r} is not 'deep' or 'classical' (in method {spec.get('name')!r})")
     base = (train or TrainConfig()).to_dict()
-    own = spec.pop("train", {}) or {}
+    own = dict(spec.pop("train", None) or {})  # a copy: the caller's config is read again for the report
     augment = {**base.pop("augment"), **own.pop("augment", {})}
     return DeepMethod(train=TrainConfig.from_dict({**base, **own, "augment": augment}), **spec)

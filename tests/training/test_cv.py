@@ -15,7 +15,7 @@ from ermoe_ba.training.bias import BiasLeakageError
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.cv import cross_validate, summarize
 from ermoe_ba.training.data import VolumeSet
-from ermoe_ba.training.methods import ClassicalMethod, DeepMethod, FoldPrediction
+from ermoe_ba.training.methods import ClassicalMethod, DeepMethod, FoldPrediction, method_from_dict
 from ermoe_ba.training.sensitivity import PERTURBATIONS, prediction_shifts
 from ermoe_ba.training.splits import FoldSplit, cv_splits
 
@@ -213,3 +213,12 @@ def test_a_fold_without_recorded_settings_is_run_again(tmp_path, synthetic, fold
     cross_validate([method], synthetic, folds[:1], tmp_path)
     assert method.calls == [0, 0]
     assert "settings" in json.loads(path.read_text())
+
+
+def test_building_a_method_leaves_its_config_entry_unchanged():
+    # the pipeline builds every method twice from one config (this run, then the report); an entry's own
+    # augment settings were once popped out of the config by the first build, so the report lost the method
+    spec = {"name": "blur", "kind": "deep", "model_name": "ermoe_ba_tiny", "train": {"augment": {"blur_prob": 0.5}}}
+    first, second = method_from_dict(spec), method_from_dict(spec)
+    assert first.train.augment.blur_prob == second.train.augment.blur_prob == 0.5
+    assert spec["train"] == {"augment": {"blur_prob": 0.5}}
