@@ -62,6 +62,7 @@ from ermoe_ba.training.combine import combine_checkpoints
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.cv import OUT_OF_FOLD_FILE
 from ermoe_ba.training.data import load_cohort
+from ermoe_ba.training.methods import method_from_dict
 from ermoe_ba.training.run import train_brain_age
 from ermoe_ba.training.voxel_ridge import train_voxel_ridge
 
@@ -121,7 +122,9 @@ def main() -> None:
             _, meta, _ = train_voxel_ridge(data, checkpoint, **settings, bias_correction=correction)
             val_metrics: dict = {}
         else:
-            train = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
+            # the method's own train settings (e.g. augmentation) over the shared recipe, as in the CV
+            recipe = TrainConfig.from_dict({**cv_config["train"], "device": "cpu", "progress": False})
+            train = method_from_dict(method, recipe).train
             overrides, seeds = method.get("model_overrides"), method.get("seeds", 1)
             result = train_brain_age(
                 data, checkpoint, method["model_name"], overrides, train, seeds=seeds,
