@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.networks.layers.convutils import gaussian_1d
 
 __all__ = ["UNSHARP_VARIANCE", "change_sharpness", "fractional_shift", "gaussian_taps"]
 
@@ -38,6 +37,10 @@ def gaussian_taps(variance: float) -> dict[int, float]:
     """
     if variance <= 0:
         return {0: 1.0}
+    # imported here: importing MONAI costs seconds, and TrainConfig (read by every checkpoint load)
+    # imports this module through the augmentation settings
+    from monai.networks.layers.convutils import gaussian_1d
+
     sigma = math.sqrt(variance)
     # cut at 3 sd, but never closer than 2 voxels: a 3-tap cut loses up to 17 % of a small variance
     truncated = max(3.0, 2.0 / sigma)

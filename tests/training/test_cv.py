@@ -100,19 +100,20 @@ def test_deep_and_classical_methods_report_fold_results_and_load(tmp_path, synth
         assert all(0 <= s["mean_abs"] <= s["max_abs"] < 100 for s in result["sensitivity"].values())
 
 
+def _mean_intensity_age(volumes):
+    return 30.0 + 100.0 * volumes.float().mean(dim=(1, 2, 3, 4)).numpy()
+
+
 def test_sensitivity_is_recorded_per_fold_and_averaged_in_the_summary(tmp_path, synthetic, folds):
     class BrainMeanWithPredictor(BrainMeanMethod):
         def fit_predict(self, data, split):
             out = super().fit_predict(data, split)
-            out.predictor = lambda v: 30.0 + 100.0 * v.float().mean(dim=(1, 2, 3, 4)).numpy()
+            out.predictor = _mean_intensity_age
             return out
 
     results = cross_validate([BrainMeanWithPredictor(name="with")], synthetic, folds, tmp_path)
     folds_done = results["with"]
-    expected = [
-        prediction_shifts(lambda v: 30.0 + 100.0 * v.float().mean(dim=(1, 2, 3, 4)).numpy(), synthetic.volumes[f.test])
-        for f in folds
-    ]
+    expected = [prediction_shifts(_mean_intensity_age, synthetic.volumes[f.test]) for f in folds]
     for done, shifts in zip(folds_done, expected, strict=True):
         assert set(done["sensitivity"]) == set(shifts)
         assert all(done["sensitivity"][name] == pytest.approx(shifts[name]) for name in shifts)
