@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ermoe_ba.models.config import check_choice
 from ermoe_ba.training.sharpness import change_sharpness, fractional_shift
 
-__all__ = ["AugmentConfig", "BatchAugment"]
+__all__ = ["AugmentConfig", "BatchAugment", "whole_voxel_shift"]
 
 
 @dataclass
@@ -104,7 +104,7 @@ class AugmentConfig:
         return asdict(self)
 
 
-def _shift(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def whole_voxel_shift(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Translate each sample by whole voxels, filling with zeros: ``offsets`` is ``(b, 3)`` ints."""
     out = torch.zeros_like(x)
     for i, off in enumerate(offsets.tolist()):
@@ -204,7 +204,7 @@ class BatchAugment:
         c, b = self.config, x.shape[0]
         if c.shift:
             offsets = torch.randint(-c.shift, c.shift + 1, (b, 3), generator=self.generator)
-            x = _shift(x, offsets)
+            x = whole_voxel_shift(x, offsets)
         if c.affine_prob > 0:
             x = self._affine(x)
         if c.flip_lr:

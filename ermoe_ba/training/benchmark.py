@@ -109,7 +109,8 @@ def run_cv_pipeline(
         if unknown:
             raise ValueError(f"unknown method(s) {sorted(unknown)}; the config has {[m.name for m in methods]}")
         methods = [m for m in methods if m.name in only_methods]
-    results = cross_validate(methods, data, folds, out_dir, resume=resume, only_folds=only_folds)
+    shift_radius = int(cv.get("test_shift_radius", 0))
+    results = cross_validate(methods, data, folds, out_dir, resume, only_folds, shift_radius)
     # the report covers every finished fold of every configured method, not only this run's
     all_methods = [method_from_dict(m, recipe) for m in config["methods"]]
     finished = cross_validate_finished(all_methods, out_dir, len(folds))

@@ -28,6 +28,7 @@ from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.methods import Method, settings_defaults
 from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
 from ermoe_ba.training.sensitivity import prediction_shifts
+from ermoe_ba.training.shift_average import shift_offsets, shifted_predictions
 from ermoe_ba.training.splits import FoldSplit
 
 __all__ = [
@@ -45,11 +46,13 @@ OUT_OF_FOLD_FILE = "out_of_fold.csv"
 log = logging.getLogger(__name__)
 
 
-def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any]:
+def run_fold(method: Method, data: VolumeSet, split: FoldSplit, shift_radius: int = 0) -> dict[str, Any]:
     """Train and test ``method`` on one fold; fit the bias correction without the test scans.
 
     The result also records how far the test predictions move under the perturbations of
-    :mod:`ermoe_ba.training.sensitivity` (``"sensitivity"``), when the method exposes a predictor.
+    :mod:`ermoe_ba.training.sensitivity` (``"sensitivity"``), when the method exposes a predictor,
+    and with ``shift_radius > 0`` the test predictions of every whole-voxel shift up to that many
+    voxels and their average (``"shift_average"``, :mod:`ermoe_ba.training.shift_average`).
     """
     start = time.perf_counter()
     out = method.fit_predict(data, split)
@@ -68,6 +71,17 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any
     test_age = ages[split.test]
     corrected = correction.apply(out.test_pred)
     sensitivity = {} if out.predictor is None else prediction_shifts(out.predictor, data.volumes[split.test])
+    shift_average = {}
+    if shift_radius and out.predictor is not None:
+        offsets = shift_offsets(shift_radius)
+        per_offset = shifted_predictions(out.predictor, data.volumes[split.test], offsets)
+        shift_average = {
+            "radius": shift_radius,
+            "metrics": regression_metrics(test_age, per_offset.mean(1)),
+            "predicted": per_offset.mean(1).tolist(),
+            "offsets": offsets,
+            "per_offset": per_offset.tolist(),
+        }
     return {
         "method": method.name,
         "fold": split.fold,
@@ -84,6 +98,7 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit) -> dict[str, Any
         "seconds": time.perf_counter() - start,
         "settings": method.describe(),
         "sensitivity": sensitivity,
+        **({"shift_average": shift_average} if shift_average else {}),
         **out.info,
     }
 
@@ -95,8 +110,11 @@ def cross_validate(
     out_dir: str | Path,
     resume: bool = True,
     only_folds: Sequence[int] | None = None,
+    shift_radius: int = 0,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run every method on every fold, fold by fold (skipping finished ones when ``resume``).
+
+    ``shift_radius`` is passed to :func:`run_fold` (0: no shift-averaged predictions).
 
     Returns
     -------
@@ -117,7 +135,7 @@ def cross_validate(
                     continue
                 log.warning("%s was made with other settings; running it again", path)
             log.info("running %s fold %d", method.name, split.fold)
-            result = run_fold(method, data, split)
+            result = run_fold(method, data, split, shift_radius)
             write_json_atomic(path, result)
             results[method.name].append(result)
             m = result["metrics"]
@@ -216,7 +234,8 @@ def _member_summary(folds: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per method: mean ± sd over folds of MAE, RMSE, r, R², gap slope, corrected MAE; pooled metrics;
-    load metrics per MoE layer; training time."""
+    load metrics per MoE layer; training time; prediction shifts and shift-averaged MAE and r
+    when every fold has them."""
     summary = {}
     for name, folds in results.items():
         if not folds:
@@ -229,6 +248,9 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         load = _load_summary(folds)
         members = _member_summary(folds)
         sensitivity = _sensitivity_summary(folds)
+        shift_average = None
+        if all(f.get("shift_average") for f in folds):
+            shift_average = {k: mean_sd([f["shift_average"]["metrics"][k] for f in folds]) for k in ("mae", "r")}
         summary[name] = {
             "folds": sorted(f["fold"] for f in folds),
             **per,
@@ -239,6 +261,7 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
             "train_seconds": mean_sd([f.get("train_seconds", float("nan")) for f in folds]),
             **({"single_model": members} if members else {}),
             **({"sensitivity": sensitivity} if sensitivity else {}),
+            **({"shift_average": shift_average} if shift_average else {}),
         }
     return summary
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ermoe_ba.training.augment import AugmentConfig, BatchAugment, _shift
+from ermoe_ba.training.augment import AugmentConfig, BatchAugment, whole_voxel_shift
 
 
 def _blob(b: int = 3) -> torch.Tensor:
@@ -25,7 +25,7 @@ def test_all_off_is_identity_and_background_stays_zero():
 
 def test_shift_moves_content_by_whole_voxels_with_zero_fill():
     x = _blob(1)
-    y = _shift(x, torch.tensor([[2, -1, 0]]))
+    y = whole_voxel_shift(x, torch.tensor([[2, -1, 0]]))
     assert torch.equal(y[0, 0, 8:16, 7:15, 6:14], x[0, 0, 6:14, 8:16, 6:14])
     assert y.abs().sum() == pytest.approx(x.abs().sum())
 
@@ -61,7 +61,9 @@ def test_default_augmentation_is_a_pure_whole_voxel_shift():
     offsets = [(i, j, k) for i in range(-2, 3) for j in range(-2, 3) for k in range(-2, 3)]
     for sample in range(4):
         matches = [
-            o for o in offsets if torch.equal(y[sample : sample + 1], _shift(x[sample : sample + 1], torch.tensor([o])))
+            o
+            for o in offsets
+            if torch.equal(y[sample : sample + 1], whole_voxel_shift(x[sample : sample + 1], torch.tensor([o])))
         ]
         assert matches, f"sample {sample} is not an exact shift of its input (intensities changed)"
     assert not torch.equal(y, x)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ermoe_ba.training.augment import AugmentConfig
 from ermoe_ba.training.bias import BiasLeakageError
@@ -16,7 +17,9 @@ from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.cv import cross_validate, summarize
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.methods import ClassicalMethod, DeepMethod, FoldPrediction, method_from_dict
+from ermoe_ba.training.metrics import regression_metrics
 from ermoe_ba.training.sensitivity import PERTURBATIONS, prediction_shifts
+from ermoe_ba.training.shift_average import shift_offsets
 from ermoe_ba.training.splits import FoldSplit, cv_splits
 
 
@@ -86,7 +89,7 @@ def test_deep_and_classical_methods_report_fold_results_and_load(tmp_path, synth
     recipe = TrainConfig(epochs=2, batch_size=8, progress=False, augment=AugmentConfig(kind="none"))
     moe = DeepMethod("ermoe", "ermoe_ba_tiny", {"patch_size": 8, "embed_dim": 32, "num_heads": 2}, recipe)
     methods = [moe, ClassicalMethod(factor=2, n_components=5, inner_folds=3)]
-    results = cross_validate(methods, synthetic, folds[:1], tmp_path)
+    results = cross_validate(methods, synthetic, folds[:1], tmp_path, shift_radius=1)
     deep = results["ermoe"][0]
     assert deep["n_test"] == len(folds[0].test) and len(deep["predicted"]) == len(folds[0].test)
     layers = deep["load"]
@@ -98,6 +101,9 @@ def test_deep_and_classical_methods_report_fold_results_and_load(tmp_path, synth
     for result in (deep, results["pca_ridge"][0]):  # both expose a predictor: shifts under perturbation
         assert set(result["sensitivity"]) == set(PERTURBATIONS)
         assert all(0 <= s["mean_abs"] <= s["max_abs"] < 100 for s in result["sensitivity"].values())
+        per_offset = np.asarray(result["shift_average"]["per_offset"])
+        assert per_offset.shape == (len(folds[0].test), 27)
+        assert np.allclose(per_offset[:, 0], result["predicted"], atol=1e-4)  # offset (0, 0, 0) comes first
 
 
 def _mean_intensity_age(volumes):
@@ -123,6 +129,41 @@ def test_sensitivity_is_recorded_per_fold_and_averaged_in_the_summary(tmp_path, 
     assert summary["blur"]["mean_abs"] > 0  # blurring a masked brain changes its mean intensity
     without = cross_validate([BrainMeanMethod(name="without")], synthetic, folds, tmp_path)
     assert without["without"][0]["sensitivity"] == {} and "sensitivity" not in summarize(without)["without"]
+
+
+def _front_back_age(volumes):
+    """An 'age' that moves when the brain moves along A: the intensity-weighted mean A coordinate."""
+    x = volumes.float()
+    a = torch.arange(x.shape[3], dtype=torch.float32).view(1, 1, 1, -1, 1)
+    return (10.0 * (x * a).sum(dim=(1, 2, 3, 4)) / x.sum(dim=(1, 2, 3, 4)).clamp_min(1e-6)).numpy()
+
+
+def test_shift_average_is_the_mean_over_whole_voxel_shifts(tmp_path, synthetic, folds):
+    class FrontBack(BrainMeanMethod):
+        def fit_predict(self, data, split):
+            out = super().fit_predict(data, split)
+            out.predictor = _front_back_age
+            return out
+
+    results = cross_validate([FrontBack(name="tta")], synthetic, folds, tmp_path, shift_radius=1)
+    offsets = shift_offsets(1)
+    for done, split in zip(results["tta"], folds, strict=True):
+        x = synthetic.volumes[split.test].float()
+        expected = np.stack(
+            [_front_back_age(torch.roll(x, shifts=o, dims=(2, 3, 4))) for o in offsets], axis=1
+        )  # the synthetic brains sit well inside the grid, so rolling equals shifting
+        record = done["shift_average"]
+        assert record["radius"] == 1 and [tuple(o) for o in record["offsets"]] == offsets
+        assert np.allclose(record["per_offset"], expected, atol=1e-4)
+        assert np.ptp(expected, axis=1).min() > 0  # the shifts do move this predictor
+        assert np.allclose(record["predicted"], expected.mean(1), atol=1e-4)
+        expected_mae = regression_metrics(np.asarray(done["age"]), expected.mean(1))["mae"]
+        assert record["metrics"]["mae"] == pytest.approx(expected_mae)
+    summary = summarize(results)["tta"]["shift_average"]
+    fold_maes = [d["shift_average"]["metrics"]["mae"] for d in results["tta"]]
+    assert summary["mae"]["mean"] == pytest.approx(np.mean(fold_maes))
+    plain = cross_validate([FrontBack(name="plain")], synthetic, folds, tmp_path)
+    assert "shift_average" not in plain["plain"][0] and "shift_average" not in summarize(plain)["plain"]
 
 
 def test_changed_settings_rerun_a_finished_fold(tmp_path, synthetic, folds):

@@ -1,0 +1,72 @@
+"""Test-time averaging of predictions over whole-voxel shifts of the input.
+
+Training moves every volume by a random whole-voxel offset (``AugmentConfig.shift``), so a fitted
+model has seen its inputs at many positions, yet its prediction still depends on where the brain
+sits against the patch grid and the input pooling. Averaging the predictions of shifted copies
+of a scan removes that part of the error. Shifts are whole voxels, so the copies are the same
+voxels (no interpolation, no blur: a fractional shift blurs, and the models read blur as age, see
+:mod:`ermoe_ba.training.sensitivity`); the few slices moved out of the grid are background.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ermoe_ba.training.augment import whole_voxel_shift
+
+__all__ = ["shift_offsets", "shifted_predictions"]
+
+
+def shift_offsets(radius: int) -> list[tuple[int, int, int]]:
+    """Every whole-voxel offset with each coordinate in ``[-radius, radius]``, ``(0, 0, 0)`` first.
+
+    Examples
+    --------
+    >>> len(shift_offsets(1)), shift_offsets(1)[:2]
+    (27, [(0, 0, 0), (-1, -1, -1)])
+    """
+    if radius < 0:
+        raise ValueError(f"shift radius must be >= 0 voxels, got {radius}")
+    steps = range(-radius, radius + 1)
+    return [(0, 0, 0)] + [o for o in itertools.product(steps, repeat=3) if o != (0, 0, 0)]
+
+
+def shifted_predictions(
+    predict: Callable[[torch.Tensor], np.ndarray],
+    volumes: torch.Tensor,
+    offsets: list[tuple[int, int, int]],
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Predictions ``(n, len(offsets))`` of every scan moved by every offset.
+
+    Parameters
+    ----------
+    predict
+        Maps ``(b, 1, R, A, S)`` float32 volumes to ``(b,)`` predicted ages.
+    volumes
+        ``(n, 1, R, A, S)`` conformed scans.
+    offsets
+        Whole-voxel offsets along R, A and S (:func:`shift_offsets`).
+    batch_size
+        Scans predicted at a time.
+
+    Examples
+    --------
+    >>> def mean_intensity(x):
+    ...     return x.mean(dim=(1, 2, 3, 4)).numpy()
+    >>> volumes = torch.zeros(2, 1, 4, 4, 4)
+    >>> volumes[:, :, 1:3, 1:3, 1:3] = 1.0
+    >>> float(shifted_predictions(mean_intensity, volumes, shift_offsets(1)).std(axis=1).max())  # brain stays inside
+    0.0
+    """
+    out = np.empty((volumes.shape[0], len(offsets)))
+    for start in range(0, volumes.shape[0], batch_size):
+        x = volumes[start : start + batch_size].float()
+        for j, offset in enumerate(offsets):
+            moved = x if offset == (0, 0, 0) else whole_voxel_shift(x, torch.tensor([offset] * x.shape[0]))
+            out[start : start + x.shape[0], j] = np.asarray(predict(moved), dtype=np.float64)
+    return out
