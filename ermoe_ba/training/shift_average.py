@@ -11,14 +11,27 @@ voxels (no interpolation, no blur: a fractional shift blurs, and the models read
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ermoe_ba.training.augment import whole_voxel_shift
 
-__all__ = ["shift_offsets", "shifted_predictions"]
+__all__ = ["OFFSET_SETS", "shift_offsets", "shifted_predictions", "with_shift_average"]
+
+
+Offset = tuple[int, int, int]
+
+OFFSET_SETS: dict[str, Callable[[Offset], bool]] = {
+    "none": lambda o: o == (0, 0, 0),
+    "axes_1": lambda o: sum(map(abs, o)) <= 1,  # 7: the scan and one voxel along each axis either way
+    "cube_1": lambda o: max(map(abs, o)) <= 1,  # 27
+    "even_2": lambda o: all(c % 2 == 0 for c in o),  # 27, two voxels apart
+    "cube_2": lambda o: max(map(abs, o)) <= 2,  # 125
+}
+"""Named subsets of the offsets a CV fold records (``cv.test_shift_radius 2``), for :func:`with_shift_average`."""
 
 
 def shift_offsets(radius: int) -> list[tuple[int, int, int]]:
@@ -69,4 +82,35 @@ def shifted_predictions(
         for j, offset in enumerate(offsets):
             moved = x if offset == (0, 0, 0) else whole_voxel_shift(x, torch.tensor([offset] * x.shape[0]))
             out[start : start + x.shape[0], j] = np.asarray(predict(moved), dtype=np.float64)
+    return out
+
+
+def with_shift_average(folds: Sequence[dict[str, Any]], keep: Callable[[Offset], bool]) -> list[dict[str, Any]]:
+    """Fold results whose ``predicted`` is the mean over the recorded offsets that ``keep`` accepts.
+
+    Their ``metrics`` and ``corrected`` entries (of the unshifted predictions) are left out.
+
+    Parameters
+    ----------
+    folds
+        CV fold results holding ``shift_average`` (made with ``cv.test_shift_radius > 0``).
+    keep
+        Which offsets to average, e.g. an entry of :data:`OFFSET_SETS`.
+
+    Raises
+    ------
+    ValueError
+        If a fold has no recorded shifts or ``keep`` accepts none of them.
+    """
+    out = []
+    for fold in folds:
+        record = fold.get("shift_average")
+        if not record:
+            raise ValueError(f"fold {fold.get('fold')} of {fold.get('method')} has no shift-averaged predictions")
+        columns = [j for j, o in enumerate(record["offsets"]) if keep(tuple(o))]
+        if not columns:
+            raise ValueError(f"fold {fold.get('fold')}: no recorded offset is selected")
+        predicted = np.asarray(record["per_offset"], dtype=float)[:, columns].mean(axis=1)
+        stale = ("metrics", "corrected")  # scored on the unshifted predictions
+        out.append({**{k: v for k, v in fold.items() if k not in stale}, "predicted": predicted.tolist()})
     return out

@@ -1,0 +1,76 @@
+"""Benchmark: CV MAE with test predictions averaged over whole-voxel shifts; prints one JSON line.
+
+    python bench/shift_average_cv.py [--run probes/shift_average] [--no-save]
+
+Reads a CV run made with ``cv.test_shift_radius 2`` (every fold stores each test scan's
+prediction at every offset in [-2, 2]^3 voxels), and scores, for every method and for the
+hybrid ensembles below, the predictions averaged over each named offset set of
+:data:`ermoe_ba.training.shift_average.OFFSET_SETS` ("none" is the plain prediction). The same
+fold models give every row, so differences between offset sets are paired: no retraining noise.
+Paths are relative to ``bench/results``; writes ``bench/results/shift_average_cv.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from _report import emit
+
+from ermoe_ba.training.metrics import mean_sd, regression_metrics
+from ermoe_ba.training.posthoc_ensemble import average_fold_predictions, load_fold_results
+from ermoe_ba.training.shift_average import OFFSET_SETS, with_shift_average
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENSEMBLES = {  # v7, the bundled default, and the CNN hybrid of equal cost
+    "v7_members": ["ermoe_whitened", "ermoe_whitened_conv_pool", "pca_ridge"],
+    "sfcn_and_pca_ridge": ["sfcn", "pca_ridge"],
+}
+
+
+def _scores(folds: list[dict]) -> dict:
+    fold_mae = [regression_metrics(f["age"], f["predicted"])["mae"] for f in folds]
+    pooled = regression_metrics(
+        np.concatenate([f["age"] for f in folds]), np.concatenate([f["predicted"] for f in folds])
+    )
+    return {
+        "mae": round(mean_sd(fold_mae)["mean"], 3),
+        "mae_sd": round(mean_sd(fold_mae)["sd"], 3),
+        "r_pooled": round(pooled["r"], 3),
+        "fold_mae": [round(v, 2) for v in fold_mae],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="probes/shift_average", help="CV run folder under bench/results")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    run = RESULTS / args.run
+    methods = {}
+    for folder in sorted(p for p in run.iterdir() if p.is_dir()):
+        folds = load_fold_results(folder)
+        if all(f.get("shift_average") for f in folds):
+            methods[folder.name] = folds
+    result: dict = {"bench": "shift_average_cv", "run": args.run, "methods": {}, "ensembles": {}}
+    for name, folds in methods.items():
+        result["methods"][name] = {
+            "folds": [f["fold"] for f in folds],
+            **{label: _scores(with_shift_average(folds, keep)) for label, keep in OFFSET_SETS.items()},
+        }
+    for name, members in ENSEMBLES.items():
+        if not all(m in methods for m in members):
+            continue
+        result["ensembles"][name] = {
+            "members": members,
+            **{
+                label: _scores(average_fold_predictions([with_shift_average(methods[m], keep) for m in members]))
+                for label, keep in OFFSET_SETS.items()
+            },
+        }
+    emit(result, None if args.no_save else RESULTS / "shift_average_cv.json")
+
+
+if __name__ == "__main__":
+    main()
