@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app
+from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app
 
 __all__ = ["evaluate"]
 
@@ -25,6 +25,7 @@ def evaluate(
     workers: int = typer.Option(0, "--workers", "-j", min=0, help=WORKERS_HELP),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Conformed-volume cache folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    shift_average: str | None = typer.Option(None, "--shift-average", help=SHIFT_AVERAGE_HELP),
 ) -> None:
     """MAE, RMSE, Pearson r, R², brain-age-gap slope, raw and bias-corrected; prints one JSON line.
 
@@ -40,7 +41,7 @@ def evaluate(
     try:
         preprocess = PreprocessConfig.from_dict(read_meta(checkpoint)["preprocess"])
         data = load_cohort(inputs, ages, preprocess, cache_dir, progress=progress, workers=workers)
-        metrics = evaluate_checkpoint(checkpoint, data, out, device=device, batch_size=batch_size)
+        metrics = evaluate_checkpoint(checkpoint, data, out, device, batch_size, shift_average)
     except (DiscoveryError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -9,6 +9,10 @@ import typer
 
 __all__ = ["WORKERS_HELP", "app"]
 
+SHIFT_AVERAGE_HELP = (
+    "Average each prediction over whole-voxel shifts of the scan: none, axes_1 (7 copies), cube_1 (27), "
+    "even_2 (27), cube_2 (125). Default: the model's own setting (README, 'Shift averaging')."
+)
 WORKERS_HELP = (
     "Parallel conforming processes; 0 = one per CPU core (at most 4). Results do not depend on it: "
     "N4 and registration run on one thread in each process."

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app
+from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app
 
 __all__ = ["predict"]
 
@@ -31,6 +31,7 @@ def run_predict(
     save_routing: Path | None = None,
     quiet: bool = False,
     echo_table: bool = False,
+    shift_average: str | None = None,
 ) -> int:
     """Run a prediction job and return the exit code (0 all ok, 1 some not ok)."""
     from ermoe_ba.inference.predictor import BrainAgePredictor
@@ -40,7 +41,7 @@ def run_predict(
     rank, world = distributed_rank()
     if world > 1:
         num_parts, part_id = world, rank
-    predictor = BrainAgePredictor.from_pretrained(model, device=device)
+    predictor = BrainAgePredictor.from_pretrained(model, device=device, shift_average=shift_average)
     discovered = predictor.discover(inputs, ages)
     records = shard(discovered, num_parts, part_id)
     target = _part_path(out, rank, world) if world > 1 else out
@@ -105,6 +106,7 @@ def predict(
     ages: Annotated[Path | None, typer.Option(help="Table of subject_id, age to compute brain-age gaps.")] = None,
     save_routing: Annotated[Path | None, typer.Option(help="Folder for per-scan routing traces (.npz).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
+    shift_average: Annotated[str | None, typer.Option(help=SHIFT_AVERAGE_HELP)] = None,
 ) -> None:
     """Predict brain age for every T1 scan in INPUTS.
 
@@ -132,6 +134,7 @@ def predict(
             ages,
             save_routing,
             quiet,
+            shift_average=shift_average,
         )
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

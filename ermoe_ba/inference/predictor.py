@@ -23,6 +23,7 @@ from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.bias import AgeBiasCorrection
 from ermoe_ba.training.checkpoint import load_checkpoint
 from ermoe_ba.training.distributed import resolve_device
+from ermoe_ba.training.shift_average import average_over_shifts, checkpoint_shift_average, named_offsets
 
 __all__ = ["BrainAgePredictor"]
 
@@ -50,6 +51,11 @@ class BrainAgePredictor:
     cache_dir
         Where conformed volumes are cached: None for the default cache (``$ERMOE_BA_CACHE`` or
         ``~/.cache/ermoe-ba/conformed``), ``False`` for no cache.
+    shift_average
+        Average each prediction over copies of the scan moved by whole voxels: a name from
+        :data:`~ermoe_ba.training.shift_average.OFFSET_SETS` (``"none"``, ``"axes_1"``: 7 copies,
+        ``"cube_1"``: 27, ...); None (default) takes the checkpoint's own setting, ``"none"`` if
+        it has none. Costs one model pass per copy; conforming is not repeated.
 
     Examples
     --------
@@ -64,6 +70,7 @@ class BrainAgePredictor:
         meta: dict[str, Any],
         device: str = "auto",
         cache_dir: str | Path | bool | None = None,
+        shift_average: str | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -73,6 +80,8 @@ class BrainAgePredictor:
         self.target_std = float(meta["target"]["std"])
         self.bias_correction = AgeBiasCorrection.from_dict(meta.get("bias_correction") or None)
         self.cache_dir = default_cache_dir() if cache_dir is None else (cache_dir or None)
+        self.shift_average = checkpoint_shift_average(meta) if shift_average is None else shift_average
+        self.offsets = named_offsets(self.shift_average)
 
     @classmethod
     def from_pretrained(
@@ -80,10 +89,11 @@ class BrainAgePredictor:
         name_or_path: str | Path = DEFAULT_MODEL,
         device: str = "auto",
         cache_dir: str | Path | bool | None = None,
+        shift_average: str | None = None,
     ) -> BrainAgePredictor:
         """Load a bundled model by name (``"default"``) or a checkpoint file."""
         model, meta = load_checkpoint(resolve_checkpoint(name_or_path), map_location="cpu")
-        predictor = cls(model, meta, device=device, cache_dir=cache_dir)
+        predictor = cls(model, meta, device=device, cache_dir=cache_dir, shift_average=shift_average)
         predictor.name = str(name_or_path)
         return predictor
 
@@ -95,13 +105,15 @@ class BrainAgePredictor:
     @torch.no_grad()
     def _run(self, volumes: np.ndarray, capture_routing: bool):
         x = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[:, None].to(self.device)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = self.model(x, capture_routing=capture_routing)
-        else:
+        autocast = self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             out = self.model(x, capture_routing=capture_routing)
-        ages = out.output[:, 0].float().cpu().double().numpy() * self.target_std + self.target_mean
+            standardized = average_over_shifts(self._standardized_age, x, self.offsets, out.output[:, 0].float())
+        ages = standardized.cpu().double().numpy() * self.target_std + self.target_mean
         return ages, (out.routing.to("cpu") if out.routing is not None else None)
+
+    def _standardized_age(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).output[:, 0].float()
 
     def predict_volume(self, image: np.ndarray | str | Path) -> float:
         """Predicted age (years) of one scan: a file, or a volume already in the model grid."""

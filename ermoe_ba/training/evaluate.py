@@ -18,6 +18,7 @@ from ermoe_ba.training.checkpoint import load_checkpoint
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.loop import TargetScaler, predict
 from ermoe_ba.training.metrics import brain_age_metrics
+from ermoe_ba.training.shift_average import checkpoint_shift_average, named_offsets
 
 __all__ = ["evaluate_checkpoint", "scatter_plot"]
 
@@ -70,8 +71,13 @@ def evaluate_checkpoint(
     out_dir: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 8,
+    shift_average: str | None = None,
 ) -> dict[str, Any]:
     """Predict ``data`` with a checkpoint and score it against the known ages.
+
+    ``shift_average`` names the whole-voxel shifts each prediction is averaged over
+    (:data:`~ermoe_ba.training.shift_average.OFFSET_SETS`); None takes the checkpoint's own
+    (:func:`~ermoe_ba.training.shift_average.checkpoint_shift_average`), as ``ermoe-ba predict`` does.
 
     Writes ``metrics.json``, ``predictions.csv`` and ``scatter.png`` to ``out_dir`` when given.
 
@@ -92,12 +98,15 @@ def evaluate_checkpoint(
         )
     scaler = TargetScaler(**meta["target"])
     correction = AgeBiasCorrection.from_dict(meta.get("bias_correction"))
-    pred, _ = predict(model, data.volumes, scaler, batch_size, device)
+    shift_average = checkpoint_shift_average(meta) if shift_average is None else shift_average
+    offsets = named_offsets(shift_average)
+    pred, _ = predict(model, data.volumes, scaler, batch_size, device, offsets=offsets)
     corrected = correction.apply(pred)
     metrics: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "model_name": meta["model_name"],
         "bias_correction": correction.to_dict(),
+        "shift_average": shift_average,
         **brain_age_metrics(data.ages, pred, corrected),
     }
     if out_dir is not None:

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from ermoe_ba.routing.trace import RoutingTrace
 from ermoe_ba.training.augment import BatchAugment
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.distributed import is_main_process, rank, resolve_device, world_size
+from ermoe_ba.training.shift_average import average_over_shifts
 
 __all__ = ["FitResult", "TargetScaler", "fit", "lr_lambda", "param_groups", "predict"]
 
@@ -105,9 +107,13 @@ def predict(
     device: str | torch.device = "cpu",
     capture_routing: bool = False,
     amp: bool = True,
+    offsets: Sequence[tuple[int, int, int]] | None = None,
 ) -> tuple[np.ndarray, RoutingTrace | None]:
     """Predicted ages (de-standardised with ``scaler``) for ``(n, 1, R, A, S)`` volumes.
 
+    With ``offsets`` (starting with ``(0, 0, 0)``, see
+    :func:`~ermoe_ba.training.shift_average.named_offsets`) each prediction is the mean over
+    copies of the scan moved by those whole-voxel offsets; routing is that of the scan itself.
     Returns the ``(n,)`` predictions and, with ``capture_routing``, the routing trace of all
     scans (None for models without routing).
     """
@@ -119,7 +125,10 @@ def predict(
         x = volumes[start : start + batch_size].to(device, torch.float32)
         with _autocast(device, amp):
             out = model(x, capture_routing=capture_routing)
-        preds.append(out.output[:, 0].float().cpu())
+            standardized = out.output[:, 0].float()
+            if offsets is not None:
+                standardized = average_over_shifts(lambda v: model(v).output[:, 0].float(), x, offsets, standardized)
+        preds.append(standardized.cpu())
         if capture_routing and out.routing is not None:
             traces.append(out.routing.to("cpu"))
     model.train(was_training)

@@ -19,7 +19,15 @@ import torch
 
 from ermoe_ba.training.augment import whole_voxel_shift
 
-__all__ = ["OFFSET_SETS", "shift_offsets", "shifted_predictions", "with_shift_average"]
+__all__ = [
+    "OFFSET_SETS",
+    "average_over_shifts",
+    "checkpoint_shift_average",
+    "named_offsets",
+    "shift_offsets",
+    "shifted_predictions",
+    "with_shift_average",
+]
 
 
 Offset = tuple[int, int, int]
@@ -46,6 +54,56 @@ def shift_offsets(radius: int) -> list[tuple[int, int, int]]:
         raise ValueError(f"shift radius must be >= 0 voxels, got {radius}")
     steps = range(-radius, radius + 1)
     return [(0, 0, 0)] + [o for o in itertools.product(steps, repeat=3) if o != (0, 0, 0)]
+
+
+def checkpoint_shift_average(meta: dict[str, Any]) -> str:
+    """The offset set a checkpoint's predictions are averaged over by default (``"none"`` if unset).
+
+    Stored as ``meta["shift_average"]`` by whoever cross-validated the recipe with it (the bundled
+    model, see the README); ``ermoe-ba predict --shift-average`` overrides it.
+    """
+    return str(meta.get("shift_average") or "none")
+
+
+def named_offsets(name: str) -> list[Offset]:
+    """The offsets of :data:`OFFSET_SETS` ``name``, ``(0, 0, 0)`` first; a ValueError names the choices.
+
+    Examples
+    --------
+    >>> named_offsets("axes_1")
+    [(0, 0, 0), (-1, 0, 0), (0, -1, 0), (0, 0, -1), (0, 0, 1), (0, 1, 0), (1, 0, 0)]
+    """
+    if name not in OFFSET_SETS:
+        raise ValueError(f"shift average {name!r} is not one of {list(OFFSET_SETS)}")
+    keep = OFFSET_SETS[name]
+    return [o for o in shift_offsets(2) if keep(o)]
+
+
+def average_over_shifts(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    offsets: Sequence[Offset],
+    unshifted: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of ``forward`` over copies of the batch ``x`` moved by each of ``offsets``.
+
+    Parameters
+    ----------
+    forward
+        Maps a ``(b, 1, R, A, S)`` batch to per-scan outputs (e.g. standardised ages ``(b,)``).
+    x
+        The batch, on the model's device.
+    offsets
+        Whole-voxel offsets starting with ``(0, 0, 0)`` (:func:`named_offsets`).
+    unshifted
+        ``forward(x)`` if the caller already has it (e.g. from a pass that captured routing).
+    """
+    if not offsets or tuple(offsets[0]) != (0, 0, 0):
+        raise ValueError(f"offsets must start with (0, 0, 0), got {list(offsets)[:2]}")
+    total = forward(x) if unshifted is None else unshifted
+    for offset in offsets[1:]:
+        total = total + forward(whole_voxel_shift(x, torch.tensor([tuple(offset)] * x.shape[0])))
+    return total / len(offsets)
 
 
 def shifted_predictions(

@@ -145,3 +145,24 @@ def test_train_then_evaluate_on_real_scans(tmp_path, real_scans):
     assert metrics["mae"] == pytest.approx(regression_metrics(preds.age, preds.predicted_age)["mae"])
     np.testing.assert_allclose(np.sort(preds.age), np.sort(real_scans.ages))
     assert (out / "scatter.png").stat().st_size > 1000
+    import torch
+
+    from ermoe_ba.training.augment import whole_voxel_shift
+    from ermoe_ba.training.checkpoint import load_checkpoint
+    from ermoe_ba.training.loop import TargetScaler, predict
+    from ermoe_ba.training.shift_average import named_offsets
+
+    shifted_out = tmp_path / "eval_shifted"
+    args = ["evaluate", str(ckpt), str(table), "-o", str(shifted_out), "--no-progress", "--shift-average", "axes_1"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert json.loads((shifted_out / "metrics.json").read_text())["shift_average"] == "axes_1"
+    model, meta = load_checkpoint(ckpt)
+    volumes, n = real_scans.volumes.float(), len(real_scans.ages)
+    copies = [
+        predict(model, whole_voxel_shift(volumes, torch.tensor([o] * n)), TargetScaler(**meta["target"]))[0]
+        for o in named_offsets("axes_1")
+    ]
+    shifted = pd.read_csv(shifted_out / "predictions.csv").set_index("subject_id")
+    expected = np.mean(copies, axis=0)
+    np.testing.assert_allclose(shifted.loc[real_scans.subject_ids, "predicted_age"], expected, atol=1e-3)
+    assert np.abs(expected - preds.set_index("subject_id").loc[real_scans.subject_ids, "predicted_age"]).max() > 1e-3
