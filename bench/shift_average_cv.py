@@ -7,7 +7,10 @@ prediction at every offset in [-2, 2]^3 voxels), and scores, for every method an
 hybrid ensembles below, the predictions averaged over each named offset set of
 :data:`ermoe_ba.training.shift_average.OFFSET_SETS` ("none" is the plain prediction). The same
 fold models give every row, so differences between offset sets are paired: no retraining noise.
-Paths are relative to ``bench/results``; writes ``bench/results/shift_average_cv.json``.
+Paths are relative to ``bench/results``; writes ``bench/results/shift_average_cv.json`` and, per
+ensemble and offset set (``<ensemble>_<set>``), the pooled out-of-fold predictions in
+``bench/results/shift_average_cv_folds/<ensemble>_<set>/out_of_fold.csv`` (the calibration table of
+``pipelines/default_model/run.py --combine ... --shift-average SET``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ from pathlib import Path
 import numpy as np
 from _report import emit
 
+from ermoe_ba.atomic import write_text_atomic
+from ermoe_ba.training.cv import OUT_OF_FOLD_FILE, out_of_fold_table
 from ermoe_ba.training.metrics import mean_sd, regression_metrics
 from ermoe_ba.training.posthoc_ensemble import average_fold_predictions, load_fold_results
 from ermoe_ba.training.shift_average import OFFSET_SETS, with_shift_average
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FOLDS_OUT = RESULTS / "shift_average_cv_folds"
+N_FOLDS = 5
 ENSEMBLES = {  # v7, the bundled default, and the CNN hybrid of equal cost
     "v7_members": ["ermoe_whitened", "ermoe_whitened_conv_pool", "pca_ridge"],
     "sfcn_and_pca_ridge": ["sfcn", "pca_ridge"],
@@ -62,13 +69,12 @@ def main() -> None:
     for name, members in ENSEMBLES.items():
         if not all(m in methods for m in members):
             continue
-        result["ensembles"][name] = {
-            "members": members,
-            **{
-                label: _scores(average_fold_predictions([with_shift_average(methods[m], keep) for m in members]))
-                for label, keep in OFFSET_SETS.items()
-            },
-        }
+        for label, keep in OFFSET_SETS.items():
+            folds = average_fold_predictions([with_shift_average(methods[m], keep) for m in members])
+            key = f"{name}_{label}"
+            result["ensembles"][key] = {"members": members, "shift_average": label, **_scores(folds)}
+            if len(folds) == N_FOLDS and not args.no_save:
+                write_text_atomic(out_of_fold_table(folds).to_csv(index=False), FOLDS_OUT / key / OUT_OF_FOLD_FILE)
     emit(result, None if args.no_save else RESULTS / "shift_average_cv.json")
 
 

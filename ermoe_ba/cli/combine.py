@@ -24,6 +24,12 @@ def combine(
         help="CSV/TSV of the ensemble's held-out predictions (columns age, predicted_age) to fit its stored "
         "bias correction on; without it the ensemble stores none (a member's own correction does not fit it).",
     ),
+    shift_average: str = typer.Option(
+        "none",
+        "--shift-average",
+        help="Store this as the ensemble's default shift averaging (none, axes_1, cube_1, even_2, cube_2; README, "
+        "'Shift averaging'); fit --calibration on held-out predictions made the same way.",
+    ),
 ) -> None:
     """Combine members trained apart (other cores, machines or GPUs) into one ensemble; prints one JSON line.
 
@@ -38,7 +44,7 @@ def combine(
 
     try:
         correction = bias_correction_from_table(calibration) if calibration is not None else None
-        path = combine_checkpoints(checkpoints, out, correction)
+        path = combine_checkpoints(checkpoints, out, correction, shift_average)
     except (FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

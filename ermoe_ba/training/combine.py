@@ -23,6 +23,7 @@ from typing import Any
 
 from ermoe_ba.training.bias import AgeBiasCorrection
 from ermoe_ba.training.checkpoint import build_meta, load_checkpoint, save_checkpoint
+from ermoe_ba.training.shift_average import named_offsets
 
 __all__ = ["combine_checkpoints"]
 
@@ -30,7 +31,10 @@ _SAME = ("preprocess", "target", "training_data")
 
 
 def combine_checkpoints(
-    paths: Sequence[str | Path], output: str | Path, bias_correction: AgeBiasCorrection | None = None
+    paths: Sequence[str | Path],
+    output: str | Path,
+    bias_correction: AgeBiasCorrection | None = None,
+    shift_average: str = "none",
 ) -> Path:
     """Average the checkpoints ``paths`` into one ensemble checkpoint at ``output``.
 
@@ -42,6 +46,10 @@ def combine_checkpoints(
         Where to write the ensemble (``.safetensors`` or ``.pt``), atomically.
     bias_correction
         The ensemble's age-bias correction; None stores the identity.
+    shift_average
+        The whole-voxel shifts its predictions are averaged over by default
+        (:data:`~ermoe_ba.training.shift_average.OFFSET_SETS`); fit ``bias_correction`` on
+        held-out predictions made the same way.
 
     Returns
     -------
@@ -57,6 +65,7 @@ def combine_checkpoints(
     """
     from ermoe_ba.models import ModelEnsemble
 
+    named_offsets(shift_average)  # an unknown name fails before any loading
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise ValueError(f"combining needs at least two checkpoints, got {len(paths)}")
@@ -90,6 +99,7 @@ def combine_checkpoints(
             "member_model_configs": [m["model_config"] for m in metas],
             **({"member_model_names": names} if len(set(names)) > 1 else {}),
             "combined_from": [_describe_file(p) for p in paths],
+            **({"shift_average": shift_average} if shift_average != "none" else {}),
         },
     )
     return save_checkpoint(output, ensemble, meta)

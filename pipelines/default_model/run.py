@@ -95,13 +95,20 @@ def main() -> None:
         "into the bundled ensemble, with the bias correction fitted on --method's out_of_fold.csv beside "
         "--cv-results (e.g. bench/results/ensemble_cv.json and ermoe_two_stems)",
     )
+    parser.add_argument(
+        "--shift-average",
+        default="none",
+        help="With --combine: the shift averaging stored as the ensemble's default (its out_of_fold.csv must "
+        "hold predictions averaged the same way, e.g. bench/results/shift_average_cv.json's)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     checkpoint = args.weights_dir / f"{args.name}.safetensors"
     previous: dict = {}  # the manifest entry being refreshed (register-only keeps its training facts)
     if args.combine:
-        combine_checkpoints(args.combine, checkpoint, out_of_fold_correction(args.cv_results, args.method))
+        correction = out_of_fold_correction(args.cv_results, args.method)
+        combine_checkpoints(args.combine, checkpoint, correction, args.shift_average)
         meta = read_meta(checkpoint)
         seconds, val_metrics = meta["train_seconds"], {}
     elif args.register_only:

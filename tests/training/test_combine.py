@@ -91,3 +91,11 @@ def test_combine_command_writes_the_ensemble_and_reports_usage_errors(tmp_path, 
     assert read_meta(out)["bias_correction"]["n"] == 4
     missing = CliRunner().invoke(app, ["combine", str(members[0]), str(tmp_path / "none.pt"), "-o", str(out)])
     assert missing.exit_code == 2 and "none.pt" in missing.output
+    assert "shift_average" not in read_meta(out)  # predictions are not shift-averaged unless asked for
+    shifted = tmp_path / "shifted.safetensors"
+    args = ["combine", *map(str, members), "-o", str(shifted), "--shift-average", "cube_1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert read_meta(shifted)["shift_average"] == "cube_1"
+    args = ["combine", *map(str, members), "-o", str(tmp_path / "x.pt"), "--shift-average", "x"]
+    unknown = CliRunner().invoke(app, args)
+    assert unknown.exit_code == 2 and "shift average 'x'" in unknown.output and not (tmp_path / "x.pt").exists()
