@@ -5,7 +5,9 @@
 Reads a CV run made with ``cv.test_shift_radius 2`` (every fold stores each test scan's
 prediction at every offset in [-2, 2]^3 voxels), and scores, for every method and for the
 hybrid ensembles below, the predictions averaged over each named offset set of
-:data:`ermoe_ba.training.shift_average.OFFSET_SETS` ("none" is the plain prediction). The same
+:data:`ermoe_ba.training.shift_average.OFFSET_SETS` ("none" is the plain prediction); in the
+ensembles the linear member predicts the scan itself, as the bundled hybrid does
+(:func:`ermoe_ba.training.shift_average.shift_averaged_age`). The same
 fold models give every row, so differences between offset sets are paired: no retraining noise.
 Paths are relative to ``bench/results``; writes ``bench/results/shift_average_cv.json`` and, per
 ensemble and offset set (``<ensemble>_<set>``), the pooled out-of-fold predictions in
@@ -30,6 +32,8 @@ from ermoe_ba.training.shift_average import OFFSET_SETS, with_shift_average
 RESULTS = Path(__file__).resolve().parent / "results"
 FOLDS_OUT = RESULTS / "shift_average_cv_folds"
 N_FOLDS = 5
+# bundled as the linear VoxelLinear model, whose reads_fixed_voxels exempts it from shift averaging
+FIXED_VOXEL_METHODS = {"pca_ridge"}
 ENSEMBLES = {  # v7, the bundled default, and the CNN hybrid of equal cost
     "v7_members": ["ermoe_whitened", "ermoe_whitened_conv_pool", "pca_ridge"],
     "sfcn_and_pca_ridge": ["sfcn", "pca_ridge"],
@@ -70,7 +74,11 @@ def main() -> None:
         if not all(m in methods for m in members):
             continue
         for label, keep in OFFSET_SETS.items():
-            folds = average_fold_predictions([with_shift_average(methods[m], keep) for m in members])
+            no_shift = OFFSET_SETS["none"]
+            member_folds = [
+                with_shift_average(methods[m], no_shift if m in FIXED_VOXEL_METHODS else keep) for m in members
+            ]
+            folds = average_fold_predictions(member_folds)
             key = f"{name}_{label}"
             result["ensembles"][key] = {"members": members, "shift_average": label, **_scores(folds)}
             if len(folds) == N_FOLDS and not args.no_save:

@@ -23,7 +23,7 @@ from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.bias import AgeBiasCorrection
 from ermoe_ba.training.checkpoint import load_checkpoint
 from ermoe_ba.training.distributed import resolve_device
-from ermoe_ba.training.shift_average import average_over_shifts, checkpoint_shift_average, named_offsets
+from ermoe_ba.training.shift_average import checkpoint_shift_average, named_offsets, shift_averaged_age
 
 __all__ = ["BrainAgePredictor"]
 
@@ -108,12 +108,11 @@ class BrainAgePredictor:
         autocast = self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             out = self.model(x, capture_routing=capture_routing)
-            standardized = average_over_shifts(self._standardized_age, x, self.offsets, out.output[:, 0].float())
+            standardized = out.output[:, 0].float()
+            if len(self.offsets) > 1:
+                standardized = shift_averaged_age(self.model, x, self.offsets)
         ages = standardized.cpu().double().numpy() * self.target_std + self.target_mean
         return ages, (out.routing.to("cpu") if out.routing is not None else None)
-
-    def _standardized_age(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).output[:, 0].float()
 
     def predict_volume(self, image: np.ndarray | str | Path) -> float:
         """Predicted age (years) of one scan: a file, or a volume already in the model grid."""

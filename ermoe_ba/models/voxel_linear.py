@@ -66,6 +66,9 @@ class VoxelLinear(nn.Module):
         ``(num_outputs, *pooled_shape)``: one weight per pooled voxel, zero where it reads nothing.
     bias
         ``(num_outputs,)``.
+    reads_fixed_voxels
+        True: each weight belongs to one place in the template, so a shifted copy of a scan is a
+        different input, not the same brain seen again (shift averaging leaves this model out).
 
     Examples
     --------
@@ -76,6 +79,8 @@ class VoxelLinear(nn.Module):
     >>> model(torch.ones(2, 1, 6, 6)).output.flatten().tolist()
     [4.0, 4.0]
     """
+
+    reads_fixed_voxels = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -23,7 +23,7 @@ from ermoe_ba.routing.trace import RoutingTrace
 from ermoe_ba.training.augment import BatchAugment
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.distributed import is_main_process, rank, resolve_device, world_size
-from ermoe_ba.training.shift_average import average_over_shifts
+from ermoe_ba.training.shift_average import shift_averaged_age
 
 __all__ = ["FitResult", "TargetScaler", "fit", "lr_lambda", "param_groups", "predict"]
 
@@ -111,9 +111,9 @@ def predict(
 ) -> tuple[np.ndarray, RoutingTrace | None]:
     """Predicted ages (de-standardised with ``scaler``) for ``(n, 1, R, A, S)`` volumes.
 
-    With ``offsets`` (starting with ``(0, 0, 0)``, see
-    :func:`~ermoe_ba.training.shift_average.named_offsets`) each prediction is the mean over
-    copies of the scan moved by those whole-voxel offsets; routing is that of the scan itself.
+    With ``offsets`` (:func:`~ermoe_ba.training.shift_average.named_offsets`) each prediction is
+    the mean over copies of the scan moved by those whole-voxel offsets
+    (:func:`~ermoe_ba.training.shift_average.shift_averaged_age`); routing is that of the scan itself.
     Returns the ``(n,)`` predictions and, with ``capture_routing``, the routing trace of all
     scans (None for models without routing).
     """
@@ -126,8 +126,8 @@ def predict(
         with _autocast(device, amp):
             out = model(x, capture_routing=capture_routing)
             standardized = out.output[:, 0].float()
-            if offsets is not None:
-                standardized = average_over_shifts(lambda v: model(v).output[:, 0].float(), x, offsets, standardized)
+            if offsets is not None and len(offsets) > 1:
+                standardized = shift_averaged_age(model, x, offsets)
         preds.append(standardized.cpu())
         if capture_routing and out.routing is not None:
             traces.append(out.routing.to("cpu"))

@@ -10,13 +10,16 @@ voxels (no interpolation, no blur: a fractional shift blurs, and the models read
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from ermoe_ba.models.ensemble import ModelEnsemble
 from ermoe_ba.training.augment import whole_voxel_shift
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "average_over_shifts",
     "checkpoint_shift_average",
     "named_offsets",
+    "shift_averaged_age",
     "shift_offsets",
     "shifted_predictions",
     "with_shift_average",
@@ -80,10 +84,7 @@ def named_offsets(name: str) -> list[Offset]:
 
 
 def average_over_shifts(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    offsets: Sequence[Offset],
-    unshifted: torch.Tensor | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, offsets: Sequence[Offset]
 ) -> torch.Tensor:
     """Mean of ``forward`` over copies of the batch ``x`` moved by each of ``offsets``.
 
@@ -94,16 +95,34 @@ def average_over_shifts(
     x
         The batch, on the model's device.
     offsets
-        Whole-voxel offsets starting with ``(0, 0, 0)`` (:func:`named_offsets`).
-    unshifted
-        ``forward(x)`` if the caller already has it (e.g. from a pass that captured routing).
+        Whole-voxel offsets (:func:`named_offsets`).
     """
-    if not offsets or tuple(offsets[0]) != (0, 0, 0):
-        raise ValueError(f"offsets must start with (0, 0, 0), got {list(offsets)[:2]}")
-    total = forward(x) if unshifted is None else unshifted
-    for offset in offsets[1:]:
-        total = total + forward(whole_voxel_shift(x, torch.tensor([tuple(offset)] * x.shape[0])))
+    total = 0
+    for offset in offsets:
+        moved = x if tuple(offset) == (0, 0, 0) else whole_voxel_shift(x, torch.tensor([tuple(offset)] * x.shape[0]))
+        total = total + forward(moved)
     return total / len(offsets)
+
+
+def shift_averaged_age(model: nn.Module, x: torch.Tensor, offsets: Sequence[Offset]) -> torch.Tensor:
+    """Standardised ages ``(b,)`` of ``model`` (output 0), each averaged over the shifted copies.
+
+    An ensemble's members are averaged one by one, as its forward averages them, and members that
+    read fixed template voxels (``reads_fixed_voxels``, e.g. the linear ``voxel_ridge`` model) see
+    the scan itself only: a shifted copy is a different input to them, and in cross-validation
+    shifting made PCA + ridge worse.
+    """
+    members = list(model.members) if isinstance(model, ModelEnsemble) else [model]
+    ages = []
+    for member in members:
+        age = functools.partial(_standardized_age, member)
+        fixed = getattr(member, "reads_fixed_voxels", False)
+        ages.append(age(x) if fixed else average_over_shifts(age, x, offsets))
+    return torch.stack(ages).mean(dim=0)
+
+
+def _standardized_age(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).output[:, 0].float()
 
 
 def shifted_predictions(

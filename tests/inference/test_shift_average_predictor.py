@@ -36,12 +36,22 @@ def _moved(volume: np.ndarray, offset: tuple[int, int, int]) -> np.ndarray:
     return whole_voxel_shift(x, torch.tensor([offset]))[0, 0].numpy()
 
 
-def test_prediction_is_the_mean_over_the_shifted_copies(plain, volume):
+def _member_age(member, volume: np.ndarray, meta: dict) -> float:
+    with torch.no_grad():
+        z = float(member(torch.from_numpy(volume)[None, None]).output[0, 0])
+    return z * meta["target"]["std"] + meta["target"]["mean"]
+
+
+def test_deep_members_average_the_shifted_copies_and_the_linear_member_reads_the_scan(plain, volume):
     averaged = BrainAgePredictor(plain.model, plain.meta, device="cpu", shift_average="axes_1")
     offsets = named_offsets("axes_1")
-    copies = [plain.predict_volume(_moved(volume, o)) for o in offsets]
-    assert averaged.predict_volume(volume) == pytest.approx(np.mean(copies), abs=1e-3)
-    assert np.ptp(copies) > 0.05  # the copies differ, so the average is not the plain prediction in disguise
+    members = list(plain.model.members)
+    assert [getattr(m, "reads_fixed_voxels", False) for m in members] == [False, False, True]  # v7: 2 ERMoE + ridge
+    deep = [[_member_age(m, _moved(volume, o), plain.meta) for o in offsets] for m in members[:2]]
+    ridge = _member_age(members[2], volume, plain.meta)
+    assert averaged.predict_volume(volume) == pytest.approx((np.mean(deep[0]) + np.mean(deep[1]) + ridge) / 3, abs=1e-3)
+    assert plain.predict_volume(volume) == pytest.approx((deep[0][0] + deep[1][0] + ridge) / 3, abs=1e-3)  # unshifted
+    assert min(np.ptp(d) for d in deep) > 0.05  # the copies differ: the average is not the plain prediction
 
 
 def test_routing_is_that_of_the_scan_itself(plain, volume):
