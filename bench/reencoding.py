@@ -8,7 +8,7 @@ Every variant goes through the full pipeline (registration included) and is comp
 original's prediction. Prints one JSON line: per model, the mean and largest absolute shift in
 years over the same-voxel-size variants, over the resampled ones, and per variant.
 ``--unmatched`` also runs every model with ``PreprocessConfig.match_resolution`` off (labelled
-``LABEL/unmatched``).
+``LABEL/unmatched``), ``--shift-average NAME`` with that shift averaging (``LABEL/shift-NAME``).
 
 The resampled copies are interpolated from the 2 mm originals, so they are no sharper than them
 in truth; resolution matching blurs them as if they had been acquired at their voxel size, a
@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--unmatched", action="store_true", help="also run without resolution matching")
+    parser.add_argument(
+        "--shift-average", default=None, help="also run every model with this shift averaging (LABEL/shift-NAME)"
+    )
     parser.add_argument("--save", type=Path, default=None)
     args = parser.parse_args()
 
@@ -58,6 +61,13 @@ def main() -> None:
             unmatched = copy.copy(predictors[label])  # shares the loaded model; only the conform config differs
             unmatched.preprocess = dataclasses.replace(unmatched.preprocess, match_resolution=False)
             predictors[f"{label}/unmatched"], models[f"{label}/unmatched"] = unmatched, path
+    if args.shift_average:
+        for label, path in list(models.items()):
+            base = predictors[label]  # the new predictor shares its loaded model and conform settings
+            shifted = BrainAgePredictor(base.model, base.meta, device="cpu", shift_average=args.shift_average)
+            shifted.preprocess = base.preprocess
+            predictors[f"{label}/shift-{args.shift_average}"] = shifted
+            models[f"{label}/shift-{args.shift_average}"] = path
     shifts: dict[str, list[list[float]]] = {label: [] for label in models}
     with tempfile.TemporaryDirectory() as tmp:
         for index, scan in enumerate(scans):
