@@ -3,9 +3,12 @@
 Training moves every volume by a random whole-voxel offset (``AugmentConfig.shift``), so a fitted
 model has seen its inputs at many positions, yet its prediction still depends on where the brain
 sits against the patch grid and the input pooling. Averaging the predictions of shifted copies
-of a scan removes that part of the error. Shifts are whole voxels, so the copies are the same
-voxels (no interpolation, no blur: a fractional shift blurs, and the models read blur as age, see
-:mod:`ermoe_ba.training.sensitivity`); the few slices moved out of the grid are background.
+of a scan averages that part of the error away. Shifts are whole voxels, so the copies are the
+same voxels (no interpolation, no blur: a fractional shift blurs, and the models read blur as age,
+see :mod:`ermoe_ba.training.sensitivity`); the few slices moved out of the grid are background.
+Measured in cross-validation (README, "Shift averaging"): 27 copies make a single ERMoE-ba model
+0.1-0.2 y more accurate, the CNN no better, and the bundled hybrid no better, so it is off by
+default.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ OFFSET_SETS: dict[str, Callable[[Offset], bool]] = {
 """Named subsets of the offsets a CV fold records (``cv.test_shift_radius 2``), for :func:`with_shift_average`."""
 
 
-def shift_offsets(radius: int) -> list[tuple[int, int, int]]:
+def shift_offsets(radius: int) -> list[Offset]:
     """Every whole-voxel offset with each coordinate in ``[-radius, radius]``, ``(0, 0, 0)`` first.
 
     Examples
@@ -128,7 +131,7 @@ def _standardized_age(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def shifted_predictions(
     predict: Callable[[torch.Tensor], np.ndarray],
     volumes: torch.Tensor,
-    offsets: list[tuple[int, int, int]],
+    offsets: Sequence[Offset],
     batch_size: int = 8,
 ) -> np.ndarray:
     """Predictions ``(n, len(offsets))`` of every scan moved by every offset.
