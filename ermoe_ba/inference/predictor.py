@@ -23,7 +23,7 @@ from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.bias import AgeBiasCorrection
 from ermoe_ba.training.checkpoint import load_checkpoint
 from ermoe_ba.training.distributed import resolve_device
-from ermoe_ba.training.shift_average import checkpoint_shift_average, named_offsets, shift_averaged_age
+from ermoe_ba.training.shift_average import checkpoint_shift_average, named_offsets, standardized_ages
 
 __all__ = ["BrainAgePredictor"]
 
@@ -107,12 +107,9 @@ class BrainAgePredictor:
         x = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[:, None].to(self.device)
         autocast = self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            out = self.model(x, capture_routing=capture_routing)
-            standardized = out.output[:, 0].float()
-            if len(self.offsets) > 1:
-                standardized = shift_averaged_age(self.model, x, self.offsets)
+            standardized, routing = standardized_ages(self.model, x, self.offsets, capture_routing)
         ages = standardized.cpu().double().numpy() * self.target_std + self.target_mean
-        return ages, (out.routing.to("cpu") if out.routing is not None else None)
+        return ages, (routing.to("cpu") if routing is not None else None)
 
     def predict_volume(self, image: np.ndarray | str | Path) -> float:
         """Predicted age (years) of one scan: a file, or a volume already in the model grid."""

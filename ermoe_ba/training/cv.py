@@ -75,10 +75,11 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit, shift_radius: in
     if shift_radius and out.predictor is not None:
         offsets = shift_offsets(shift_radius)
         per_offset = shifted_predictions(out.predictor, data.volumes[split.test], offsets)
+        averaged = per_offset.mean(axis=1)
         shift_average = {
             "radius": shift_radius,
-            "metrics": regression_metrics(test_age, per_offset.mean(1)),
-            "predicted": per_offset.mean(1).tolist(),
+            "metrics": regression_metrics(test_age, averaged),
+            "predicted": averaged.tolist(),
             "offsets": offsets,
             "per_offset": per_offset.tolist(),
         }

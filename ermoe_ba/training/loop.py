@@ -23,7 +23,7 @@ from ermoe_ba.routing.trace import RoutingTrace
 from ermoe_ba.training.augment import BatchAugment
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.distributed import is_main_process, rank, resolve_device, world_size
-from ermoe_ba.training.shift_average import shift_averaged_age
+from ermoe_ba.training.shift_average import standardized_ages
 
 __all__ = ["FitResult", "TargetScaler", "fit", "lr_lambda", "param_groups", "predict"]
 
@@ -113,7 +113,7 @@ def predict(
 
     With ``offsets`` (:func:`~ermoe_ba.training.shift_average.named_offsets`) each prediction is
     the mean over copies of the scan moved by those whole-voxel offsets
-    (:func:`~ermoe_ba.training.shift_average.shift_averaged_age`); routing is that of the scan itself.
+    (:func:`~ermoe_ba.training.shift_average.standardized_ages`); routing is that of the scan itself.
     Returns the ``(n,)`` predictions and, with ``capture_routing``, the routing trace of all
     scans (None for models without routing).
     """
@@ -124,13 +124,10 @@ def predict(
     for start in range(0, volumes.shape[0], batch_size):
         x = volumes[start : start + batch_size].to(device, torch.float32)
         with _autocast(device, amp):
-            out = model(x, capture_routing=capture_routing)
-            standardized = out.output[:, 0].float()
-            if offsets is not None and len(offsets) > 1:
-                standardized = shift_averaged_age(model, x, offsets)
+            standardized, routing = standardized_ages(model, x, offsets or [(0, 0, 0)], capture_routing)
         preds.append(standardized.cpu())
-        if capture_routing and out.routing is not None:
-            traces.append(out.routing.to("cpu"))
+        if capture_routing and routing is not None:
+            traces.append(routing.to("cpu"))
     model.train(was_training)
     pred = torch.cat(preds).double().numpy() if preds else np.zeros(0)
     if scaler is not None:

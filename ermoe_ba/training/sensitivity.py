@@ -17,7 +17,7 @@ import torch
 
 from ermoe_ba.training.sharpness import change_sharpness, fractional_shift
 
-__all__ = ["PERTURBATIONS", "prediction_shifts"]
+__all__ = ["PERTURBATIONS", "batched_predictions", "prediction_shifts"]
 
 PERTURBATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "blur": lambda x: change_sharpness(x, 0.25),  # Gaussian, sd 0.5 voxel = 1 mm
@@ -40,10 +40,10 @@ def prediction_shifts(
     batch_size
         Volumes perturbed and predicted at a time.
     """
-    reference = _predict_all(predict, volumes, batch_size, None)
+    reference = batched_predictions(predict, volumes, batch_size)
     out = {}
     for name, perturb in PERTURBATIONS.items():
-        shift = _predict_all(predict, volumes, batch_size, perturb) - reference
+        shift = batched_predictions(predict, volumes, batch_size, perturb) - reference
         out[name] = {
             "mean": float(shift.mean()),
             "mean_abs": float(np.abs(shift).mean()),
@@ -52,12 +52,13 @@ def prediction_shifts(
     return out
 
 
-def _predict_all(
+def batched_predictions(
     predict: Callable[[torch.Tensor], np.ndarray],
     volumes: torch.Tensor,
-    batch_size: int,
-    perturb: Callable[[torch.Tensor], torch.Tensor] | None,
+    batch_size: int = 8,
+    perturb: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
+    """``predict`` of every volume (``perturb``-ed first if given), ``batch_size`` at a time, as float64 ``(n,)``."""
     parts = []
     for start in range(0, volumes.shape[0], batch_size):
         x = volumes[start : start + batch_size].float()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ from torch import nn
 
 from ermoe_ba.models.ensemble import ModelEnsemble
 from ermoe_ba.training.augment import whole_voxel_shift
+from ermoe_ba.training.sensitivity import batched_predictions
+
+if TYPE_CHECKING:
+    from ermoe_ba.routing.trace import RoutingTrace
 
 __all__ = [
     "OFFSET_SETS",
@@ -33,6 +37,7 @@ __all__ = [
     "shift_averaged_age",
     "shift_offsets",
     "shifted_predictions",
+    "standardized_ages",
     "with_shift_average",
 ]
 
@@ -102,9 +107,15 @@ def average_over_shifts(
     """
     total = 0
     for offset in offsets:
-        moved = x if tuple(offset) == (0, 0, 0) else whole_voxel_shift(x, torch.tensor([tuple(offset)] * x.shape[0]))
-        total = total + forward(moved)
+        total = total + forward(_moved(x, offset))
     return total / len(offsets)
+
+
+def _moved(x: torch.Tensor, offset: Offset) -> torch.Tensor:
+    """The batch ``x`` moved by one whole-voxel ``offset`` (itself for ``(0, 0, 0)``)."""
+    if tuple(offset) == (0, 0, 0):
+        return x
+    return whole_voxel_shift(x, torch.tensor([tuple(offset)] * x.shape[0]))
 
 
 def shift_averaged_age(model: nn.Module, x: torch.Tensor, offsets: Sequence[Offset]) -> torch.Tensor:
@@ -122,6 +133,21 @@ def shift_averaged_age(model: nn.Module, x: torch.Tensor, offsets: Sequence[Offs
         fixed = getattr(member, "reads_fixed_voxels", False)
         ages.append(age(x) if fixed else average_over_shifts(age, x, offsets))
     return torch.stack(ages).mean(dim=0)
+
+
+def standardized_ages(
+    model: nn.Module, x: torch.Tensor, offsets: Sequence[Offset], capture_routing: bool = False
+) -> tuple[torch.Tensor, RoutingTrace | None]:
+    """Output 0 of ``model`` for the batch ``x``, shift-averaged when ``offsets`` has several, and its routing.
+
+    The routing (when asked for) is that of the scan itself; without routing, an averaged
+    prediction runs each copy once (the scan itself is one of them).
+    """
+    if len(offsets) <= 1:
+        out = model(x, capture_routing=capture_routing)
+        return out.output[:, 0].float(), out.routing
+    routing = model(x, capture_routing=True).routing if capture_routing else None
+    return shift_averaged_age(model, x, offsets), routing
 
 
 def _standardized_age(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -156,13 +182,8 @@ def shifted_predictions(
     >>> float(shifted_predictions(mean_intensity, volumes, shift_offsets(1)).std(axis=1).max())  # brain stays inside
     0.0
     """
-    out = np.empty((volumes.shape[0], len(offsets)))
-    for start in range(0, volumes.shape[0], batch_size):
-        x = volumes[start : start + batch_size].float()
-        for j, offset in enumerate(offsets):
-            moved = x if offset == (0, 0, 0) else whole_voxel_shift(x, torch.tensor([offset] * x.shape[0]))
-            out[start : start + x.shape[0], j] = np.asarray(predict(moved), dtype=np.float64)
-    return out
+    columns = [batched_predictions(predict, volumes, batch_size, functools.partial(_moved, offset=o)) for o in offsets]
+    return np.stack(columns, axis=1)
 
 
 def with_shift_average(folds: Sequence[dict[str, Any]], keep: Callable[[Offset], bool]) -> list[dict[str, Any]]:

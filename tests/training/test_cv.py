@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,7 @@ class BrainMeanMethod:
     name: str = "brain_mean"
     leak: bool = False
     calls: list[int] = field(default_factory=list)
+    predictor: Callable[[torch.Tensor], np.ndarray] | None = None  # exposed to the CV's test-time measures
 
     def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
         self.calls.append(split.fold)
@@ -37,7 +39,7 @@ class BrainMeanMethod:
         slope, intercept = np.polyfit(feature[split.train], data.ages[split.train], 1)
         pred = 0.5 * (slope * feature + intercept) + 0.5 * data.ages[split.train].mean()
         calib = np.concatenate([split.val, split.test]) if self.leak else split.val
-        return FoldPrediction(calib, pred[calib], pred[split.test], {"load": {}})
+        return FoldPrediction(calib, pred[calib], pred[split.test], {"load": {}}, self.predictor)
 
     def describe(self) -> dict:
         return {"kind": "stub"}
@@ -111,13 +113,7 @@ def _mean_intensity_age(volumes):
 
 
 def test_sensitivity_is_recorded_per_fold_and_averaged_in_the_summary(tmp_path, synthetic, folds):
-    class BrainMeanWithPredictor(BrainMeanMethod):
-        def fit_predict(self, data, split):
-            out = super().fit_predict(data, split)
-            out.predictor = _mean_intensity_age
-            return out
-
-    results = cross_validate([BrainMeanWithPredictor(name="with")], synthetic, folds, tmp_path)
+    results = cross_validate([BrainMeanMethod(name="with", predictor=_mean_intensity_age)], synthetic, folds, tmp_path)
     folds_done = results["with"]
     expected = [prediction_shifts(_mean_intensity_age, synthetic.volumes[f.test]) for f in folds]
     for done, shifts in zip(folds_done, expected, strict=True):
@@ -139,13 +135,8 @@ def _front_back_age(volumes):
 
 
 def test_shift_average_is_the_mean_over_whole_voxel_shifts(tmp_path, synthetic, folds):
-    class FrontBack(BrainMeanMethod):
-        def fit_predict(self, data, split):
-            out = super().fit_predict(data, split)
-            out.predictor = _front_back_age
-            return out
-
-    results = cross_validate([FrontBack(name="tta")], synthetic, folds, tmp_path, shift_radius=1)
+    method = BrainMeanMethod(name="tta", predictor=_front_back_age)
+    results = cross_validate([method], synthetic, folds, tmp_path, shift_radius=1)
     offsets = shift_offsets(1)
     for done, split in zip(results["tta"], folds, strict=True):
         x = synthetic.volumes[split.test].float()
@@ -162,7 +153,7 @@ def test_shift_average_is_the_mean_over_whole_voxel_shifts(tmp_path, synthetic, 
     summary = summarize(results)["tta"]["shift_average"]
     fold_maes = [d["shift_average"]["metrics"]["mae"] for d in results["tta"]]
     assert summary["mae"]["mean"] == pytest.approx(np.mean(fold_maes))
-    plain = cross_validate([FrontBack(name="plain")], synthetic, folds, tmp_path)
+    plain = cross_validate([BrainMeanMethod(name="plain", predictor=_front_back_age)], synthetic, folds, tmp_path)
     assert "shift_average" not in plain["plain"][0] and "shift_average" not in summarize(plain)["plain"]
 
 
