@@ -4,7 +4,7 @@ Cross-validation runs every fold's test scans through :data:`PERTURBATIONS` (cha
 sharpness and sub-voxel position of the size conform itself causes, see
 :mod:`ermoe_ba.training.sharpness`) and records the shift of each prediction from the
 unperturbed one. A model that reads age from anatomy should barely move; one that reads the
-scan's sharpness moves by years (README, "Re-encoded scans"). The measure needs no ages and no
+scan's sharpness moves by years (docs/RESULTS.md, "Sharpness"). The measure needs no ages and no
 re-registration, so it costs a few seconds per fold and is the same for every method.
 """
 

@@ -3,7 +3,7 @@
 A scan's sharpness on the 2 mm model grid depends on things unrelated to age: the voxel size it
 was acquired at, how conform's resampling falls between its voxels (linear interpolation at a
 fractional offset ``t`` blurs by a variance of ``t(1 - t)`` voxel²) and the scanner's own point
-spread. Predictions move with it (README, "Re-encoded scans"), so training can draw random
+spread. Predictions move with it (docs/RESULTS.md, "Sharpness"), so training can draw random
 sharpness changes (:class:`~ermoe_ba.training.augment.AugmentConfig` ``blur_prob``) and
 cross-validation measures how far each method's test predictions move under fixed ones
 (:mod:`ermoe_ba.training.sensitivity`).
