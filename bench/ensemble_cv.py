@@ -6,7 +6,8 @@ Each ensemble averages, scan by scan, the test predictions of its members' fold 
 (``<run>/<method>/fold<k>.json``; see :mod:`ermoe_ba.training.posthoc_ensemble`), so it costs no
 training. Without ``--ensemble`` it evaluates the default set below: for each deep method of the
 main table, a pair of models of equal cost (two stems for the transformers, two seeds for the
-CNN), two mixed pairs, and each equal-cost pair with the PCA + ridge model added (hybrids).
+CNN), the bundled default's pair and the CNN pair again from runs of one later code version
+(``rerun_*``), two mixed pairs, and each equal-cost pair with the PCA + ridge model added (hybrids).
 Paths are relative to ``bench/results``. Writes ``bench/results/ensemble_cv.json`` and, for each
 ensemble with every fold, its pooled test predictions to
 ``bench/results/ensemble_cv_folds/<name>/out_of_fold.csv`` (the calibration table
@@ -30,6 +31,9 @@ N_FOLDS = 5
 MAIN, STEM, SFCN_SEED1 = "brain_age_cv_folds", "probes/conv_pool_stem", "probes/sfcn_seed1"
 WHITENED, WHITENED_SEED1 = "probes/whitened_score", "probes/whitened_seed1"
 WHITENED_CONV_SEED1 = "probes/whitened_conv_seed1"
+# the same recipes rerun with one later code version (session 12-13): CPU training is deterministic
+# for a given code version, not across versions, so these pairs repeat the comparison with new runs
+RERUN, SFCN_SEED1_RERUN = "probes/shift_average", "probes/sfcn_seed1_rerun"
 DEFAULT_ENSEMBLES = {
     "ermoe_two_stems": [f"{MAIN}/ermoe", f"{STEM}/ermoe_conv_pool"],
     "ermoe_whitened_two_stems": [f"{MAIN}/ermoe_whitened", f"{WHITENED}/ermoe_whitened_conv_pool"],
@@ -42,6 +46,8 @@ DEFAULT_ENSEMBLES = {
         f"{WHITENED_SEED1}/ermoe_whitened_conv_pool",
     ],
     "ermoe_whitened_two_seeds": [f"{MAIN}/ermoe_whitened", f"{WHITENED_CONV_SEED1}/ermoe_whitened"],
+    "rerun_ermoe_whitened_two_stems": [f"{RERUN}/ermoe_whitened", f"{RERUN}/ermoe_whitened_conv_pool"],
+    "rerun_sfcn_two_seeds": [f"{RERUN}/sfcn", f"{SFCN_SEED1_RERUN}/sfcn"],
     "ermoe_and_sfcn": [f"{MAIN}/ermoe", f"{MAIN}/sfcn"],
     "sfcn_and_pca_ridge": [f"{MAIN}/sfcn", f"{MAIN}/pca_ridge"],
 }
