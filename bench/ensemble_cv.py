@@ -31,7 +31,7 @@ N_FOLDS = 5
 MAIN, STEM, SFCN_SEED1 = "brain_age_cv_folds", "probes/conv_pool_stem", "probes/sfcn_seed1"
 WHITENED, WHITENED_SEED1 = "probes/whitened_score", "probes/whitened_seed1"
 WHITENED_CONV_SEED1 = "probes/whitened_conv_seed1"
-# the same recipes rerun with one later code version (session 12-13): CPU training is deterministic
+# the same recipes rerun with one later code version: CPU training is deterministic
 # for a given code version, not across versions, so these pairs repeat the comparison with new runs
 RERUN, SFCN_SEED1_RERUN = "probes/shift_average", "probes/sfcn_seed1_rerun"
 DEFAULT_ENSEMBLES = {
