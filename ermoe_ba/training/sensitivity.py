@@ -58,7 +58,10 @@ def batched_predictions(
     batch_size: int = 8,
     perturb: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """``predict`` of every volume (``perturb``-ed first if given), ``batch_size`` at a time, as float64 ``(n,)``."""
+    """``predict`` of every volume (``perturb``-ed first if given), ``batch_size`` at a time, as float64.
+
+    ``(n,)`` for a ``predict`` that returns one value per scan, ``(n, m)`` for one returning ``(b, m)``.
+    """
     parts = []
     for start in range(0, volumes.shape[0], batch_size):
         x = volumes[start : start + batch_size].float()

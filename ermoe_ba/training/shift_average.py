@@ -138,12 +138,12 @@ def shift_averaged_age(model: nn.Module, x: torch.Tensor, offsets: Sequence[Offs
 def standardized_ages(
     model: nn.Module, x: torch.Tensor, offsets: Sequence[Offset], capture_routing: bool = False
 ) -> tuple[torch.Tensor, RoutingTrace | None]:
-    """Output 0 of ``model`` for the batch ``x``, shift-averaged when ``offsets`` has several, and its routing.
+    """Output 0 of ``model`` for the batch ``x``, shift-averaged over ``offsets``, and its routing.
 
     The routing (when asked for) is that of the scan itself; without routing, an averaged
     prediction runs each copy once (the scan itself is one of them).
     """
-    if len(offsets) <= 1:
+    if all(tuple(offset) == (0, 0, 0) for offset in offsets):
         out = model(x, capture_routing=capture_routing)
         return out.output[:, 0].float(), out.routing
     routing = model(x, capture_routing=True).routing if capture_routing else None
@@ -182,8 +182,11 @@ def shifted_predictions(
     >>> float(shifted_predictions(mean_intensity, volumes, shift_offsets(1)).std(axis=1).max())  # brain stays inside
     0.0
     """
-    columns = [batched_predictions(predict, volumes, batch_size, functools.partial(_moved, offset=o)) for o in offsets]
-    return np.stack(columns, axis=1)
+
+    def every_offset(x: torch.Tensor) -> np.ndarray:  # (b, len(offsets)): each batch is read and cast once
+        return np.stack([np.asarray(predict(_moved(x, offset)), dtype=np.float64) for offset in offsets], axis=1)
+
+    return batched_predictions(every_offset, volumes, batch_size)
 
 
 def with_shift_average(folds: Sequence[dict[str, Any]], keep: Callable[[Offset], bool]) -> list[dict[str, Any]]:
