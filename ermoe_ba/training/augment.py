@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ermoe_ba.models.config import check_choice
 from ermoe_ba.training.sharpness import change_sharpness, fractional_shift
 
-__all__ = ["AugmentConfig", "BatchAugment", "whole_voxel_shift"]
+__all__ = ["AugmentConfig", "BatchAugment", "mirror_left_right", "whole_voxel_shift"]
 
 
 @dataclass
@@ -73,7 +73,9 @@ class AugmentConfig:
         the interpolation blur conform's resampling gives a scan at a random sub-voxel offset.
         Applied before the sharpness change. Off by default.
     flip_lr
-        Random left-right flips (off: ageing is asymmetric).
+        Mirror each sample left-right with probability 0.5 (:func:`mirror_left_right`, both
+        back-ends). Off by default: ageing is asymmetric, and expert maps of a model trained on
+        mirrored brains cannot show lateralised specialisation.
     """
 
     kind: str = "fast"
@@ -116,6 +118,20 @@ def whole_voxel_shift(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def mirror_left_right(x: torch.Tensor) -> torch.Tensor:
+    """The ``(b, 1, R, A, S)`` batch mirrored left-right (the R axis reversed).
+
+    The conformed grid is not centred on the template's midline to the voxel, so the mirror of a
+    brain may sit a voxel off its original position; training shifts cover that.
+
+    Examples
+    --------
+    >>> mirror_left_right(torch.arange(3.0).view(1, 1, 3, 1, 1)).flatten().tolist()
+    [2.0, 1.0, 0.0]
+    """
+    return x.flip(2)
+
+
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
     """``(b, 3)`` radians -> ``(b, 3, 3)`` rotation matrices (x, then y, then z)."""
     c, s = angles.cos(), angles.sin()
@@ -151,6 +167,7 @@ class BatchAugment:
             RandAdjustContrast,
             RandAffine,
             RandBiasField,
+            RandFlip,
             RandGaussianNoise,
         )
 
@@ -167,6 +184,8 @@ class BatchAugment:
                 RandBiasField(prob=c.bias_prob, coeff_range=(0.0, c.bias_coeff)),
                 RandAdjustContrast(prob=c.gamma_prob, gamma=c.gamma_range),
                 RandGaussianNoise(prob=c.noise_prob, std=c.noise_std),
+                # last and only when asked, so the other transforms keep their random streams
+                *([RandFlip(prob=0.5, spatial_axis=0)] if c.flip_lr else []),
             ]
         )
         transforms.set_random_state(seed=seed)
@@ -208,8 +227,8 @@ class BatchAugment:
         if c.affine_prob > 0:
             x = self._affine(x)
         if c.flip_lr:
-            flip = self._rand(b) < 0.5
-            x[flip] = x[flip].flip(2)
+            flip = (self._rand(b) < 0.5).view(b, 1, 1, 1, 1)
+            x = torch.where(flip, mirror_left_right(x), x)  # a new tensor: the caller's batch stays as it was
         draws = self._rand(b, 6)  # per sample: bias?, gamma?, gamma value, noise?, noise std, noise sign
         out = torch.empty_like(x)
         for i in range(b):

@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 
 from ermoe_ba.atomic import write_json_atomic, write_text_atomic
+from ermoe_ba.training.augment import mirror_left_right
 from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.methods import Method, settings_defaults
 from ermoe_ba.training.metrics import brain_age_metrics, mean_sd, regression_metrics
-from ermoe_ba.training.sensitivity import prediction_shifts
+from ermoe_ba.training.sensitivity import batched_predictions, prediction_shifts
 from ermoe_ba.training.shift_average import shift_offsets, shifted_predictions
 from ermoe_ba.training.splits import FoldSplit
 
@@ -52,7 +53,10 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit, shift_radius: in
     The result also records how far the test predictions move under the perturbations of
     :mod:`ermoe_ba.training.sensitivity` (``"sensitivity"``), when the method exposes a predictor,
     and with ``shift_radius > 0`` the test predictions of every whole-voxel shift up to that many
-    voxels and their average (``"shift_average"``, :mod:`ermoe_ba.training.shift_average`).
+    voxels and their average (``"shift_average"``, :mod:`ermoe_ba.training.shift_average`). A
+    predictor's test scans are also predicted mirrored left-right (``"mirror_average"``: the
+    mirrored predictions and the mean of each scan's two predictions, scored), which costs one
+    more pass over the test scans and says how much a model's prediction depends on the side.
     """
     start = time.perf_counter()
     out = method.fit_predict(data, split)
@@ -83,6 +87,15 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit, shift_radius: in
             "offsets": offsets,
             "per_offset": per_offset.tolist(),
         }
+    mirror_average = {}
+    if out.predictor is not None:
+        mirrored = batched_predictions(out.predictor, data.volumes[split.test], perturb=mirror_left_right)
+        averaged = (np.asarray(out.test_pred, dtype=float) + mirrored) / 2
+        mirror_average = {
+            "metrics": regression_metrics(test_age, averaged),
+            "predicted": averaged.tolist(),
+            "predicted_mirrored": mirrored.tolist(),
+        }
     return {
         "method": method.name,
         "fold": split.fold,
@@ -100,6 +113,7 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit, shift_radius: in
         "settings": method.describe(),
         "sensitivity": sensitivity,
         **({"shift_average": shift_average} if shift_average else {}),
+        **({"mirror_average": mirror_average} if mirror_average else {}),
         **out.info,
     }
 
@@ -235,8 +249,8 @@ def _member_summary(folds: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per method: mean ± sd over folds of MAE, RMSE, r, R², gap slope, corrected MAE; pooled metrics;
-    load metrics per MoE layer; training time; prediction shifts and shift-averaged MAE and r
-    when every fold has them."""
+    load metrics per MoE layer; training time; prediction shifts and shift- and mirror-averaged
+    MAE and r when every fold has them."""
     summary = {}
     for name, folds in results.items():
         if not folds:
@@ -249,9 +263,7 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         load = _load_summary(folds)
         members = _member_summary(folds)
         sensitivity = _sensitivity_summary(folds)
-        shift_average = None
-        if all(f.get("shift_average") for f in folds):
-            shift_average = {k: mean_sd([f["shift_average"]["metrics"][k] for f in folds]) for k in ("mae", "r")}
+        shift_average, mirror_average = (_averaged_summary(folds, key) for key in ("shift_average", "mirror_average"))
         summary[name] = {
             "folds": sorted(f["fold"] for f in folds),
             **per,
@@ -263,8 +275,17 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
             **({"single_model": members} if members else {}),
             **({"sensitivity": sensitivity} if sensitivity else {}),
             **({"shift_average": shift_average} if shift_average else {}),
+            **({"mirror_average": mirror_average} if mirror_average else {}),
         }
     return summary
+
+
+def _averaged_summary(folds: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]] | None:
+    """Mean ± sd over folds of the MAE and r of test-time averaged predictions ``key`` (None unless
+    every fold has them)."""
+    if not all(f.get(key) for f in folds):
+        return None
+    return {metric: mean_sd([f[key]["metrics"][metric] for f in folds]) for metric in ("mae", "r")}
 
 
 def _sensitivity_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ermoe_ba.training.augment import AugmentConfig, BatchAugment, whole_voxel_shift
+from ermoe_ba.training.augment import AugmentConfig, BatchAugment, mirror_left_right, whole_voxel_shift
 
 
 def _blob(b: int = 3) -> torch.Tensor:
@@ -67,3 +67,17 @@ def test_default_augmentation_is_a_pure_whole_voxel_shift():
         ]
         assert matches, f"sample {sample} is not an exact shift of its input (intensities changed)"
     assert not torch.equal(y, x)
+
+
+@pytest.mark.parametrize("kind", ["fast", "monai"])
+def test_flip_lr_mirrors_some_samples_left_right_and_leaves_the_others(kind):
+    x = _blob(16)
+    x[:, :, 6:10] += 3.0  # one side brighter, so a mirrored sample differs from its input
+    before = x.clone()
+    y = BatchAugment(AugmentConfig(kind=kind, shift=0, flip_lr=True), seed=0)(x)
+    assert torch.equal(x, before)  # the caller's batch is not flipped in place
+    mirrored = [torch.allclose(y[i], mirror_left_right(x[i : i + 1])[0], atol=1e-6) for i in range(16)]
+    kept = [torch.allclose(y[i], x[i], atol=1e-6) for i in range(16)]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # each sample is one or the other
+    assert 0 < sum(mirrored) < 16
+    assert torch.equal(BatchAugment(AugmentConfig(kind=kind, shift=0), seed=0)(x), x)  # off by default

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ermoe_ba.training.augment import AugmentConfig
+from ermoe_ba.training.augment import AugmentConfig, mirror_left_right
 from ermoe_ba.training.bias import BiasLeakageError
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.cv import cross_validate, summarize
@@ -155,6 +155,30 @@ def test_shift_average_is_the_mean_over_whole_voxel_shifts(tmp_path, synthetic, 
     assert summary["mae"]["mean"] == pytest.approx(np.mean(fold_maes))
     plain = cross_validate([BrainMeanMethod(name="plain", predictor=_front_back_age)], synthetic, folds, tmp_path)
     assert "shift_average" not in plain["plain"][0] and "shift_average" not in summarize(plain)["plain"]
+
+
+def _left_right_age(volumes):
+    """An 'age' that changes when the brain is mirrored: the intensity-weighted mean R coordinate."""
+    x = volumes.float()
+    r = torch.arange(x.shape[2], dtype=torch.float32).view(1, 1, -1, 1, 1)
+    return (10.0 * (x * r).sum(dim=(1, 2, 3, 4)) / x.sum(dim=(1, 2, 3, 4)).clamp_min(1e-6)).numpy()
+
+
+def test_mirror_average_is_the_mean_of_each_scan_and_its_mirror(tmp_path, synthetic, folds):
+    results = cross_validate([BrainMeanMethod(name="side", predictor=_left_right_age)], synthetic, folds, tmp_path)
+    for done, split in zip(results["side"], folds, strict=True):
+        mirrored = _left_right_age(mirror_left_right(synthetic.volumes[split.test]))
+        record = done["mirror_average"]
+        assert np.allclose(record["predicted_mirrored"], mirrored, atol=1e-4)
+        assert np.abs(mirrored - _left_right_age(synthetic.volumes[split.test])).min() > 0  # the side matters here
+        averaged = (np.asarray(done["predicted"]) + mirrored) / 2
+        assert np.allclose(record["predicted"], averaged, atol=1e-4)
+        assert record["metrics"]["mae"] == pytest.approx(regression_metrics(np.asarray(done["age"]), averaged)["mae"])
+    summary = summarize(results)["side"]["mirror_average"]
+    fold_maes = [d["mirror_average"]["metrics"]["mae"] for d in results["side"]]
+    assert summary["mae"]["mean"] == pytest.approx(np.mean(fold_maes))
+    blind = cross_validate([BrainMeanMethod(name="blind")], synthetic, folds, tmp_path)  # no predictor exposed
+    assert "mirror_average" not in blind["blind"][0] and "mirror_average" not in summarize(blind)["blind"]
 
 
 def test_changed_settings_rerun_a_finished_fold(tmp_path, synthetic, folds):
