@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from ermoe_ba.training.metrics import mean_sd, regression_metrics
 
 
 def command_line() -> str:
@@ -25,3 +30,17 @@ def emit(result: dict[str, Any], save: Path | None = None) -> str:
         save.parent.mkdir(parents=True, exist_ok=True)
         save.write_text(line + "\n")
     return line
+
+
+def fold_scores(folds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """MAE over folds (mean, sd, per fold) and pooled r of fold results' ``age`` and ``predicted``."""
+    fold_mae = [regression_metrics(f["age"], f["predicted"])["mae"] for f in folds]
+    pooled = regression_metrics(
+        np.concatenate([f["age"] for f in folds]), np.concatenate([f["predicted"] for f in folds])
+    )
+    return {
+        "mae": round(mean_sd(fold_mae)["mean"], 3),
+        "mae_sd": round(mean_sd(fold_mae)["sd"], 3),
+        "r_pooled": round(pooled["r"], 3),
+        "fold_mae": [round(v, 2) for v in fold_mae],
+    }

@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-from _report import emit
+from _report import emit, fold_scores
 
 from ermoe_ba.atomic import write_text_atomic
 from ermoe_ba.training.cv import OUT_OF_FOLD_FILE, out_of_fold_table
-from ermoe_ba.training.metrics import mean_sd, regression_metrics
 from ermoe_ba.training.posthoc_ensemble import average_fold_predictions, load_fold_results
 from ermoe_ba.training.shift_average import OFFSET_SETS, with_shift_average
 
@@ -38,19 +36,6 @@ ENSEMBLES = {  # v7, the bundled default, and the CNN hybrid of equal cost
     "v7_members": ["ermoe_whitened", "ermoe_whitened_conv_pool", "pca_ridge"],
     "sfcn_and_pca_ridge": ["sfcn", "pca_ridge"],
 }
-
-
-def _scores(folds: list[dict]) -> dict:
-    fold_mae = [regression_metrics(f["age"], f["predicted"])["mae"] for f in folds]
-    pooled = regression_metrics(
-        np.concatenate([f["age"] for f in folds]), np.concatenate([f["predicted"] for f in folds])
-    )
-    return {
-        "mae": round(mean_sd(fold_mae)["mean"], 3),
-        "mae_sd": round(mean_sd(fold_mae)["sd"], 3),
-        "r_pooled": round(pooled["r"], 3),
-        "fold_mae": [round(v, 2) for v in fold_mae],
-    }
 
 
 def main() -> None:
@@ -68,7 +53,7 @@ def main() -> None:
     for name, folds in methods.items():
         result["methods"][name] = {
             "folds": [f["fold"] for f in folds],
-            **{label: _scores(with_shift_average(folds, keep)) for label, keep in OFFSET_SETS.items()},
+            **{label: fold_scores(with_shift_average(folds, keep)) for label, keep in OFFSET_SETS.items()},
         }
     for name, members in ENSEMBLES.items():
         if not all(m in methods for m in members):
@@ -80,7 +65,7 @@ def main() -> None:
             ]
             folds = average_fold_predictions(member_folds)
             key = f"{name}_{label}"
-            result["ensembles"][key] = {"members": members, "shift_average": label, **_scores(folds)}
+            result["ensembles"][key] = {"members": members, "shift_average": label, **fold_scores(folds)}
             if len(folds) == N_FOLDS and not args.no_save:
                 write_text_atomic(out_of_fold_table(folds).to_csv(index=False), FOLDS_OUT / key / OUT_OF_FOLD_FILE)
     emit(result, None if args.no_save else RESULTS / "shift_average_cv.json")

@@ -107,6 +107,12 @@ def train(
         help="Probability per scan and step of a random shift by a fraction of a voxel (linear interpolation, "
         "the blur conform's resampling gives a scan); 0: off.",
     ),
+    flip_lr: bool = typer.Option(
+        False,
+        "--flip-lr/--no-flip-lr",
+        help="Mirror each scan left-right with probability 0.5 per step (off by default: ageing is asymmetric, "
+        "and the expert maps of a model trained on mirrored brains cannot show a side).",
+    ),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Weight EMA decay per step (0: off)."),
     seeds: int = typer.Option(
         1, "--seeds", min=1, help="Train N models with different seeds; save their average as one ensemble."
@@ -144,7 +150,7 @@ def train(
         if router is not None:
             model_overrides["router"] = router
         member_overrides = parse_members(members)
-        augmentation = AugmentConfig(kind=augment, blur_prob=blur_prob, subvoxel_prob=subvoxel_prob)
+        augmentation = AugmentConfig(kind=augment, blur_prob=blur_prob, subvoxel_prob=subvoxel_prob, flip_lr=flip_lr)
         config = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, keep=keep,
             device=device, seed=seed, progress=progress, augment=augmentation, ema_decay=ema_decay, num_threads=threads,
