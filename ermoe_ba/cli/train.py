@@ -90,6 +90,13 @@ def train(
         "instead of the validation scans.",
     ),
     augment: str = typer.Option("fast", "--augment", help="fast, monai or none."),
+    shift: int = typer.Option(
+        4,
+        "--shift",
+        min=0,
+        help="Largest random whole-voxel shift along each axis (4 voxels = ±8 mm on the 2 mm grid, the bundled "
+        "recipe; 0: off).",
+    ),
     blur_prob: float = typer.Option(
         0.0,
         "--blur-prob",
@@ -150,7 +157,9 @@ def train(
         if router is not None:
             model_overrides["router"] = router
         member_overrides = parse_members(members)
-        augmentation = AugmentConfig(kind=augment, blur_prob=blur_prob, subvoxel_prob=subvoxel_prob, flip_lr=flip_lr)
+        augmentation = AugmentConfig(
+            kind=augment, shift=shift, blur_prob=blur_prob, subvoxel_prob=subvoxel_prob, flip_lr=flip_lr
+        )
         config = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, keep=keep,
             device=device, seed=seed, progress=progress, augment=augmentation, ema_decay=ema_decay, num_threads=threads,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,7 +61,7 @@ def test_monai_backend_runs_with_the_same_settings():
 def test_default_augmentation_is_a_pure_whole_voxel_shift():
     x = _blob(4)
     y = BatchAugment(AugmentConfig(), seed=3)(x)
-    offsets = [(i, j, k) for i in range(-2, 3) for j in range(-2, 3) for k in range(-2, 3)]
+    offsets = [(i, j, k) for i in range(-4, 5) for j in range(-4, 5) for k in range(-4, 5)]
     for sample in range(4):
         matches = [
             o
@@ -81,3 +84,9 @@ def test_flip_lr_mirrors_some_samples_left_right_and_leaves_the_others(kind):
     assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # each sample is one or the other
     assert 0 < sum(mirrored) < 16
     assert torch.equal(BatchAugment(AugmentConfig(kind=kind, shift=0), seed=0)(x), x)  # off by default
+
+
+def test_default_augmentation_is_the_cross_validated_recipe():
+    recipe = json.loads((Path(__file__).parents[2] / "pipelines/brain_age_cv/config.json").read_text())
+    default = AugmentConfig().to_dict()
+    assert {key: default[key] for key in recipe["train"]["augment"]} == recipe["train"]["augment"]
