@@ -4,11 +4,20 @@ Forward + backward wall time on CPU (2 threads), embed_dim 256, 4096 tokens, top
 num_experts 8 and 16. Every model gets the active parameters per token of the dense
 ``Mlp(256, 1024)``: expert widths come from :func:`ermoe_ba.layers.equal_active_hidden`
 (Mixtral's SwiGLU experts have three matrices, so their width is solved separately). Cases run
-interleaved (one repeat of each per round) so load from other processes hits all alike; medians
-are reported. Because a shared machine distorts 2-thread wall times (every parallel region waits
-for a descheduled thread), the E=8 fast paths are also timed as single-thread CPU time, and the
-script can wait for a quiet machine first. Prints one JSON line and writes it to
-bench/results/moe_layer.json.
+interleaved (one repeat of each per round) so load from other processes hits all alike, in a new
+random order every round (seeded): a case's time depends on which case ran before it (cache and
+allocator state); in a fixed order, reordering alone moved ERMoE/softmax from 0.99 to 1.03 in one
+session. Medians are reported. Because a shared machine distorts 2-thread wall times (every
+parallel region waits for a descheduled thread), the E=8 fast paths are also timed as
+single-thread CPU time, and the script can wait for a quiet machine first.
+
+The C heap is pinned first (:func:`_pin_glibc_heap`): by default glibc returns freed memory to the
+system and moves its mmap threshold as blocks are freed, so whether a case's multi-MB buffers came
+back as fresh pages (thousands of page faults per step, tens of ms here) depended on the case
+before it, and the dense MLP's median ranged over 64-121 ms between runs. With the heap pinned,
+every case reuses its memory after the warm-up, as in a training loop.
+
+Prints one JSON line and writes it to bench/results/moe_layer.json.
 
 What one ERMoE step times: ``experts.orthonormalize_()`` + forward + backward. Before each timed
 step (untimed) the raw bases get a small random move, standing in for the optimiser step, so
@@ -25,8 +34,10 @@ moved off the manifold (the full QR path, which training never takes after the f
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import random
 import shlex
 import statistics
 import sys
@@ -96,8 +107,12 @@ def _time_cases(
     for run in cases.values():
         run()  # warm-up: allocator, thread pool, first-call dispatch
     times: dict[str, list[float]] = {name: [] for name in cases}
+    order = list(cases)
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for name, run in cases.items():
+        shuffle(order)
+        for name in order:
+            run = cases[name]
             if isinstance(run, _Step):
                 run.setup()
             start = clock()
@@ -145,6 +160,18 @@ def _retraction_ms(num_experts: int, hidden: int, repeats: int) -> dict[str, flo
     return {name: round(statistics.median(values) * 1e3, 3) for name, values in times.items()}
 
 
+def _pin_glibc_heap() -> str:
+    """Keep freed C-heap memory in the process (glibc ``mallopt``); returns what was set, for the record."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "default (not glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    # the largest mmap threshold glibc accepts on 64-bit; a fixed value also stops its dynamic adjustment
+    pinned = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    return "glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB" if pinned else "default (mallopt refused)"
+
+
 def _wait_for_quiet(max_seconds: float, threshold: float = 1.0) -> float:
     start = time.monotonic()
     while os.getloadavg()[0] > threshold and time.monotonic() - start < max_seconds:
@@ -160,6 +187,7 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULT.name}")
     parser.add_argument("--note", default="", help="free text stored in the result (e.g. how it was launched)")
     args = parser.parse_args()
+    allocator = _pin_glibc_heap()
     repeats = 3 if args.quick else args.repeats
     waited = _wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
     torch.manual_seed(0)
@@ -180,6 +208,7 @@ def main() -> None:
         "by an untimed small random step, then forward+backward)",
         "dense": f"Mlp({EMBED_DIM}, hidden_features={DENSE_HIDDEN}); MoE expert widths from equal_active_hidden",
         "waited_for_quiet_s": waited,
+        "allocator": allocator,
         "note": args.note,
         "load_average_before": round(os.getloadavg()[0], 2),
     }

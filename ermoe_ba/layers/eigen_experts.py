@@ -128,8 +128,9 @@ def orthonormal_factor(matrix: torch.Tensor) -> torch.Tensor | None:
     "Already orthonormal" is the test :func:`retract` applies (``ORTHONORMAL_TOL``), so leaving such
     a matrix as it is changes nothing downstream. Near the manifold (an optimiser step away) Q comes
     from Cholesky QR, twice: ``R = chol(BᵀB)ᵀ`` has a positive diagonal, so ``B R⁻¹`` is the same Q
-    factor as the sign-fixed Householder QR, for two ``(r, m) x (m, r)`` Gram products and two
-    triangular solves instead of a Householder factorisation (about a third of the time on CPU).
+    factor as the sign-fixed Householder QR, for two ``(r, m) x (m, r)`` Gram products, two small
+    ``(r, r)`` triangular inverses and two ``(m, r) x (r, r)`` products instead of a Householder
+    factorisation (about a third of the time on CPU).
     Far from the manifold (ill-conditioned Gram matrix) it falls back to :func:`qr_retract`.
 
     Examples
@@ -150,7 +151,10 @@ def orthonormal_factor(matrix: torch.Tensor) -> torch.Tensor | None:
         factor, info = torch.linalg.cholesky_ex(gram)
         if bool(info.any()):
             break
-        q = torch.linalg.solve_triangular(factor.mT, q, upper=True, left=False)
+        # B R⁻¹ as a matmul with the small (r, r) inverse: on two threads a third of the time of
+        # solve_triangular on the tall (m, r) matrix, and as orthonormal (a few eps) near the manifold
+        eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device).expand_as(factor)
+        q = q @ torch.linalg.solve_triangular(factor.mT, eye, upper=True)
         gram = q.mT @ q
         if _deviation(gram) <= tol:
             return q
