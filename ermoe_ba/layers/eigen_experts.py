@@ -130,7 +130,7 @@ def orthonormal_factor(matrix: torch.Tensor) -> torch.Tensor | None:
     from Cholesky QR, twice: ``R = chol(BᵀB)ᵀ`` has a positive diagonal, so ``B R⁻¹`` is the same Q
     factor as the sign-fixed Householder QR, for two ``(r, m) x (m, r)`` Gram products, two small
     ``(r, r)`` triangular inverses and two ``(m, r) x (r, r)`` products instead of a Householder
-    factorisation (about a third of the time on CPU).
+    factorisation (``V`` and ``U`` of the layer benchmark: 0.85 against 1.18 ms single-thread CPU).
     Far from the manifold (ill-conditioned Gram matrix) it falls back to :func:`qr_retract`.
 
     Examples
