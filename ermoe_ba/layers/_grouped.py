@@ -6,12 +6,15 @@ block with the hidden activations kept as one small tensor per expert (reused wh
 recycled by the allocator), and one ``index_add_`` combines the gated outputs. The hand-written
 backward mirrors it. What this buys over plain autograd on the same loop (measured on CPU): no
 ``cat``/``split`` copies of the blocks, no per-slice weight-gradient zero tensors, no
-accumulating scatter for the gather, and fc1's bias folded into the matmul (a column of ones).
+accumulating scatter for the gather, and fc1's bias folded into the matmul (a column of ones)
+where the input width leaves room in its alignment padding (below); an aligned width instead gets
+the bias from ``addmm``, since one more column would cost a whole aligned group (ERMoE's rank-32
+inputs would become 40 wide: 25 % more fc1 multiply-adds, ~1 ms of a 70 ms layer step).
 We also tried padding the blocks to the largest one and using ``torch.bmm``: fewer kernel launches
 (better on an oversubscribed machine) but 10-20 % more single-thread CPU time, because padding and
 the activation of padded rows are real work. The hidden width, on the other hand, is padded with
-zero weights to a multiple of ``HIDDEN_ALIGN``, and the input width plus the bias column to a
-multiple of ``INPUT_ALIGN``: CPU BLAS runs odd widths far slower per unit (one MoE step of the
+zero weights to a multiple of ``HIDDEN_ALIGN``, and the input width (with the bias column, if
+folded) to a multiple of ``INPUT_ALIGN``: CPU BLAS runs odd widths far slower per unit (one MoE step of the
 layer benchmark, ERMoE width 795 against 800: 172 against 151 ms on 2 threads; the softmax width
 510 against 512: 169 against 152 ms; an fc1 with 257 inputs ~10 % slower than with 264). Padded
 units read zero weights and feed zero weights, so outputs and gradients are unchanged for any
@@ -65,16 +68,24 @@ class _GroupedExperts(torch.autograd.Function):
         num_tokens: int,
         act: nn.Module,
     ) -> torch.Tensor:
-        # fc1's bias rides in the matmul as an input column of ones: no broadcast copy of the bias
-        # into every (c, h) block and no separate bias-gradient reduction in backward
+        # where alignment pads the input anyway, fc1's bias rides in the matmul as an input column of
+        # ones: no broadcast copy of the bias into every (c, h) block, no bias-gradient reduction
         num_experts, width, hidden_width = w1.shape
-        width_aug, padded = _aligned(width + 1, INPUT_ALIGN), _aligned(hidden_width, HIDDEN_ALIGN)
+        fold_bias = _aligned(width + 1, INPUT_ALIGN) == _aligned(width, INPUT_ALIGN)
+        width_aug, padded = _aligned(width, INPUT_ALIGN), _aligned(hidden_width, HIDDEN_ALIGN)
         m = rows.numel()
-        columns = [source.index_select(0, rows), source.new_ones(m, 1), source.new_zeros(m, width_aug - width - 1)]
-        z = torch.cat(columns, dim=1)  # (m, i'): the inputs, a column of ones, zeros
-        w1_aug = w1.new_zeros(num_experts, width_aug, padded)  # (e, i', h'): fc1, its bias row, zeros
+        z = source.index_select(0, rows)  # (m, i)
+        if width_aug > width:  # (m, i'): the inputs, a column of ones if folded, zeros
+            ones = [source.new_ones(m, 1)] if fold_bias else []
+            z = torch.cat([z, *ones, source.new_zeros(m, width_aug - width - fold_bias)], dim=1)
+        w1_aug = w1.new_zeros(num_experts, width_aug, padded)  # (e, i', h'): fc1, its bias row if folded, zeros
         w1_aug[:, :width, :hidden_width] = w1
-        w1_aug[:, width, :hidden_width] = b1
+        b1_aug = None
+        if fold_bias:
+            w1_aug[:, width, :hidden_width] = b1
+        else:
+            b1_aug = b1.new_zeros(num_experts, padded)
+            b1_aug[:, :hidden_width] = b1
         if padded != hidden_width:
             w2 = torch.cat([w2, w2.new_zeros(num_experts, padded - hidden_width, w2.shape[-1])], dim=1)  # (e, h', d)
         y = source.new_empty(m, w2.shape[-1])  # (m, d)
@@ -85,14 +96,14 @@ class _GroupedExperts(torch.autograd.Function):
             if block is None:
                 hidden.append(None)
                 continue
-            pre = z[block] @ w1_aug[e]  # (c, h')
+            pre = z[block] @ w1_aug[e] if b1_aug is None else torch.addmm(b1_aug[e], z[block], w1_aug[e])  # (c, h')
             post = act(pre)
             torch.addmm(b2[e], post, w2[e], out=y[block])
             hidden.append((pre, post))
         out = source.new_zeros(num_tokens, w2.shape[-1]).index_add_(0, tokens, y * gate.unsqueeze(1))
         ctx.save_for_backward(z, y, gate, w1_aug, w2, rows, tokens)
         ctx.hidden, ctx.counts, ctx.act, ctx.source_shape = hidden, counts, act, source.shape
-        ctx.width, ctx.hidden_width = width, hidden_width
+        ctx.width, ctx.hidden_width, ctx.fold_bias = width, hidden_width, fold_bias
         return out
 
     @staticmethod
@@ -101,7 +112,8 @@ class _GroupedExperts(torch.autograd.Function):
         z, y, gate, w1_aug, w2, rows, tokens = ctx.saved_tensors  # widths padded to i', h'
         num_experts, width_aug, padded = w1_aug.shape
         width, w1 = ctx.width, w1_aug[:, : ctx.width]
-        grad_w1_aug = w1_aug.new_zeros(num_experts, width_aug, padded)  # row `width`: fc1 bias gradient
+        grad_w1_aug = w1_aug.new_zeros(num_experts, width_aug, padded)  # folded bias: its gradient in row `width`
+        grad_b1 = None if ctx.fold_bias else w1_aug.new_zeros(num_experts, padded)
         grad_w2 = torch.zeros_like(w2)
         grad_y = grad_out.index_select(0, tokens)  # (m, d), before gating
         grad_gate = (grad_y * y).sum(1)
@@ -116,10 +128,13 @@ class _GroupedExperts(torch.autograd.Function):
             torch.mm(post.t(), grad_y[block], out=grad_w2[e])
             grad_pre = _act_backward_(ctx.act, grad_y[block] @ w2[e].t(), pre)
             torch.mm(z[block].t(), grad_pre, out=grad_w1_aug[e])
+            if grad_b1 is not None:
+                torch.sum(grad_pre, dim=0, out=grad_b1[e])
             torch.mm(grad_pre, w1[e].t(), out=grad_z[block])
         grad_source = grad_z.new_zeros(ctx.source_shape).index_add_(0, rows, grad_z)
         h = ctx.hidden_width
-        grad_w1, grad_b1, grad_w2 = grad_w1_aug[:, :width, :h], grad_w1_aug[:, width, :h], grad_w2[:, :h]
+        grad_b1 = grad_w1_aug[:, width, :h] if grad_b1 is None else grad_b1[:, :h]
+        grad_w1, grad_w2 = grad_w1_aug[:, :width, :h], grad_w2[:, :h]
         return grad_source, grad_gate, grad_w1, grad_b1, grad_w2, grad_b2, None, None, None, None, None
 
 

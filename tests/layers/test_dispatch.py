@@ -18,9 +18,9 @@ FAST = [name for name in available_dispatch() if name != "eager"]
 CASES = [(3, 8, 2), (40, 4, 1), (64, 6, 2), (33, 5, 3), (17, 16, 4)]  # (n, e, k)
 
 
-def _pair(router: str, e: int, k: int, fast: str, **kwargs):
+def _pair(router: str, e: int, k: int, fast: str, dim: int = 12, **kwargs):
     torch.manual_seed(e * 10 + k)
-    reference = MoELayer(12, 20, num_experts=e, top_k=k, router=router, dispatch="eager", **kwargs)
+    reference = MoELayer(dim, 20, num_experts=e, top_k=k, router=router, dispatch="eager", **kwargs)
     other = copy.deepcopy(reference)
     other.dispatch_fn = get_dispatch(fast)
     return reference, other
@@ -50,6 +50,23 @@ def test_fast_backends_equal_eager_in_outputs_and_gradients(fast, router, n, e, 
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
     if (n, e, k) == (3, 8, 2):  # only 6 slots for 8 experts: some experts are idle
         assert len(torch.unique(out.routing.top_k_index)) < e
+
+
+@pytest.mark.parametrize("fast", FAST)
+@pytest.mark.parametrize(("router", "kwargs"), [("ermoe", {"expert_rank": 8}), ("softmax", {})])
+def test_fast_backends_equal_eager_when_expert_inputs_need_no_padding(fast, router, kwargs):
+    """Expert input width 16 (softmax) or 8 (ERMoE rank): the sorted kernel adds fc1's bias by addmm."""
+    reference, other = _pair(router, 4, 2, fast, dim=16, **kwargs)
+    with torch.no_grad():  # nonzero biases, so a bias left out shows
+        for layer in (reference, other):
+            layer.experts.b1.copy_(torch.linspace(-1, 1, layer.experts.b1.numel()).view_as(layer.experts.b1))
+    x, weight = torch.randn(30, 16), torch.randn(30, 16)
+    ref_out, ref_dx, ref_grads = _run(reference, x, weight)
+    out, dx, grads = _run(other, x, weight)
+    torch.testing.assert_close(out.output, ref_out.output, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx, ref_dx, atol=1e-5, rtol=1e-5)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("fast", FAST)
