@@ -9,16 +9,16 @@ backward mirrors it. What this buys over plain autograd on the same loop (measur
 accumulating scatter for the gather, and fc1's bias folded into the matmul (a column of ones)
 where the input width leaves room in its alignment padding (below); an aligned width instead gets
 the bias from ``addmm``, since one more column would cost a whole aligned group (ERMoE's rank-32
-inputs would become 40 wide: 25 % more fc1 multiply-adds, ~1 ms of a 70 ms layer step).
+inputs would become 40 wide: 25 % more fc1 multiply-adds; the layer step is 1-2 % faster without).
 We also tried padding the blocks to the largest one and using ``torch.bmm``: fewer kernel launches
 (better on an oversubscribed machine) but 10-20 % more single-thread CPU time, because padding and
 the activation of padded rows are real work. The hidden width, on the other hand, is padded with
 zero weights to a multiple of ``HIDDEN_ALIGN``, and the input width (with the bias column, if
-folded) to a multiple of ``INPUT_ALIGN``: CPU BLAS runs odd widths far slower per unit (one MoE step of the
-layer benchmark, ERMoE width 795 against 800: 172 against 151 ms on 2 threads; the softmax width
-510 against 512: 169 against 152 ms; an fc1 with 257 inputs ~10 % slower than with 264). Padded
-units read zero weights and feed zero weights, so outputs and gradients are unchanged for any
-activation. Double backward is not supported.
+folded) to a multiple of ``INPUT_ALIGN``: CPU BLAS runs odd widths far slower per unit (one MoE
+step of the layer benchmark, ERMoE width 795 against 800: 172 against 151 ms on 2 threads; the
+softmax width 510 against 512: 169 against 152 ms; an fc1 with 257 inputs ~10 % slower than with
+264). Padded units read zero weights and feed zero weights, so outputs and gradients are unchanged
+for any activation. Double backward is not supported.
 """
 
 from __future__ import annotations
