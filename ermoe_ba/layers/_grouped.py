@@ -68,16 +68,15 @@ class _GroupedExperts(torch.autograd.Function):
         num_tokens: int,
         act: nn.Module,
     ) -> torch.Tensor:
+        num_experts, width, hidden_width = w1.shape
+        width_aug, padded = _aligned(width, INPUT_ALIGN), _aligned(hidden_width, HIDDEN_ALIGN)
         # where alignment pads the input anyway, fc1's bias rides in the matmul as an input column of
         # ones: no broadcast copy of the bias into every (c, h) block, no bias-gradient reduction
-        num_experts, width, hidden_width = w1.shape
-        fold_bias = _aligned(width + 1, INPUT_ALIGN) == _aligned(width, INPUT_ALIGN)
-        width_aug, padded = _aligned(width, INPUT_ALIGN), _aligned(hidden_width, HIDDEN_ALIGN)
+        fold_bias = width_aug > width
         m = rows.numel()
         z = source.index_select(0, rows)  # (m, i)
-        if width_aug > width:  # (m, i'): the inputs, a column of ones if folded, zeros
-            ones = [source.new_ones(m, 1)] if fold_bias else []
-            z = torch.cat([z, *ones, source.new_zeros(m, width_aug - width - fold_bias)], dim=1)
+        if fold_bias:  # (m, i'): the inputs, a column of ones, zeros
+            z = torch.cat([z, source.new_ones(m, 1), source.new_zeros(m, width_aug - width - 1)], dim=1)
         w1_aug = w1.new_zeros(num_experts, width_aug, padded)  # (e, i', h'): fc1, its bias row if folded, zeros
         w1_aug[:, :width, :hidden_width] = w1
         b1_aug = None
@@ -103,7 +102,7 @@ class _GroupedExperts(torch.autograd.Function):
         out = source.new_zeros(num_tokens, w2.shape[-1]).index_add_(0, tokens, y * gate.unsqueeze(1))
         ctx.save_for_backward(z, y, gate, w1_aug, w2, rows, tokens)
         ctx.hidden, ctx.counts, ctx.act, ctx.source_shape = hidden, counts, act, source.shape
-        ctx.width, ctx.hidden_width, ctx.fold_bias = width, hidden_width, fold_bias
+        ctx.width, ctx.hidden_width = width, hidden_width
         return out
 
     @staticmethod
@@ -113,7 +112,7 @@ class _GroupedExperts(torch.autograd.Function):
         num_experts, width_aug, padded = w1_aug.shape
         width, w1 = ctx.width, w1_aug[:, : ctx.width]
         grad_w1_aug = w1_aug.new_zeros(num_experts, width_aug, padded)  # folded bias: its gradient in row `width`
-        grad_b1 = None if ctx.fold_bias else w1_aug.new_zeros(num_experts, padded)
+        grad_b1 = None if width_aug > width else w1_aug.new_zeros(num_experts, padded)
         grad_w2 = torch.zeros_like(w2)
         grad_y = grad_out.index_select(0, tokens)  # (m, d), before gating
         grad_gate = (grad_y * y).sum(1)
