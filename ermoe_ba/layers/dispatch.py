@@ -1,8 +1,8 @@
 """Dispatch backends: send token-expert slots to the experts and gather the gated outputs.
 
 A backend is a function
-``fn(inputs, top_k_index, top_k_weight, weights, act, keep=None, *, slot_inputs=False) -> out`` on
-flattened tokens. Axis letters: ``n`` tokens, ``k`` slots per token, ``e`` experts, ``g`` input
+``fn(inputs, top_k_index, top_k_weight, weights, act, keep=None, *, slot_inputs=False, slot_order=None) -> out``
+on flattened tokens. Axis letters: ``n`` tokens, ``k`` slots per token, ``e`` experts, ``g`` input
 groups (``e`` for eigen experts, which read their own projection ``V_eᵀ x``; 1 for dense experts,
 which read the token), ``i`` expert input width, ``d`` output width.
 
@@ -11,6 +11,8 @@ which read the token), ``i`` expert input width, ``d`` output width.
 * ``top_k_index`` / ``top_k_weight`` ``(n, k)``;
 * ``weights`` an :class:`~ermoe_ba.layers.experts.ExpertWeights`; ``act`` the activation module;
 * ``keep`` optional ``(n, k)`` bool, False for slots dropped by a capacity limit;
+* ``slot_order`` optional :class:`SlotOrder` of ``top_k_index`` from :func:`sort_slots` (no
+  ``keep``), for callers that sorted the slots already; backends that sort may reuse it;
 * ``out[t] = Σ_j keep[t, j] · top_k_weight[t, j] · expert_{top_k_index[t, j]}(z_{t, j})`` with
   ``z_{t, j}`` = ``inputs[t, j]`` (slot inputs), ``inputs[t, top_k_index[t, j]]`` (``g = e``) or
   ``inputs[t, 0]`` (``g = 1``).
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -36,13 +38,41 @@ from ermoe_ba.layers.experts import ExpertWeights
 
 __all__ = [
     "DispatchFn",
+    "SlotOrder",
     "available_dispatch",
     "capacity_keep_mask",
     "eager_dispatch",
     "get_dispatch",
     "register_dispatch",
+    "sort_slots",
     "sorted_dispatch",
 ]
+
+
+class SlotOrder(NamedTuple):
+    """Token-expert slots ``s = t*k + j`` sorted by expert (stable).
+
+    ``order`` ``(m,)`` lists the kept slots, expert 0's first; ``counts[e]`` of them go to expert ``e``.
+    """
+
+    order: torch.Tensor
+    counts: list[int]
+
+
+def sort_slots(top_k_index: torch.Tensor, num_experts: int, keep: torch.Tensor | None = None) -> SlotOrder:
+    """Sort the slots of ``top_k_index`` ``(n, k)`` by expert, leaving out those ``keep`` drops.
+
+    Examples
+    --------
+    >>> sort_slots(torch.tensor([[1, 0], [1, 2]]), 3)
+    SlotOrder(order=tensor([1, 0, 2, 3]), counts=[1, 2, 1])
+    """
+    expert = top_k_index.reshape(-1)
+    if keep is not None:
+        expert = torch.where(keep.reshape(-1), expert, num_experts)  # dropped slots sort last
+    order = torch.argsort(expert, stable=True)
+    counts = torch.bincount(expert, minlength=num_experts + 1)[:num_experts].tolist()
+    return SlotOrder(order[: sum(counts)], counts)
 
 
 class DispatchFn(Protocol):
@@ -58,6 +88,7 @@ class DispatchFn(Protocol):
         keep: torch.Tensor | None = None,
         *,
         slot_inputs: bool = False,
+        slot_order: SlotOrder | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -123,6 +154,7 @@ def eager_dispatch(
     keep: torch.Tensor | None = None,
     *,
     slot_inputs: bool = False,
+    slot_order: SlotOrder | None = None,
 ) -> torch.Tensor:
     """Reference backend: for each expert gather its slots, run it, gate, ``index_add`` back."""
     n, groups, width = inputs.shape
@@ -152,20 +184,18 @@ def sorted_dispatch(
     keep: torch.Tensor | None = None,
     *,
     slot_inputs: bool = False,
+    slot_order: SlotOrder | None = None,
 ) -> torch.Tensor:
     """Sort slots by expert, then one fused ``fc1 -> act -> fc2 -> gate -> index_add`` per expert."""
     n, groups, width = inputs.shape
     k, num_experts = top_k_index.shape[1], weights.fc1_weight.shape[0]
-    expert = top_k_index.reshape(-1)  # (n*k,) slot s = t*k + j
-    if keep is not None:
-        expert = torch.where(keep.reshape(-1), expert, num_experts)  # dropped slots sort last
-    order = torch.argsort(expert, stable=True)
-    counts = torch.bincount(expert, minlength=num_experts + 1)[:num_experts].tolist()
-    order = order[: sum(counts)]
+    if slot_order is None or keep is not None:
+        slot_order = sort_slots(top_k_index, num_experts, keep)
+    order, counts = slot_order
     token = order // k
     if slot_inputs:
         rows = order  # slot s = t*k + j is row s of the flattened (n*k, i) inputs
     else:
-        rows = token * groups + expert[order] if groups > 1 else token
+        rows = token * groups + top_k_index.reshape(-1)[order] if groups > 1 else token
     gate = top_k_weight.reshape(-1)[order]
     return grouped_experts(inputs.reshape(n * groups, width), gate, tuple(weights), rows, token, counts, n, act)

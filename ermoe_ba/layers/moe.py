@@ -7,7 +7,7 @@ from torch import nn
 
 from ermoe_ba.layers._checks import check_choice, check_positive_int, check_probability
 from ermoe_ba.layers._projection import routed_projection
-from ermoe_ba.layers.dispatch import capacity_keep_mask, eager_dispatch, get_dispatch
+from ermoe_ba.layers.dispatch import SlotOrder, capacity_keep_mask, eager_dispatch, get_dispatch, sort_slots
 from ermoe_ba.layers.eigen_experts import EigenExperts
 from ermoe_ba.layers.experts import DenseExperts, ExpertWeights
 from ermoe_ba.layers.outputs import MoEOutput, RoutingInfo
@@ -182,10 +182,10 @@ class MoELayer(nn.Module):
                 f"MoELayer(dim={self.dim}) got input of shape {tuple(x.shape)}; last axis must be {self.dim}."
             )
         tokens = x.reshape(-1, self.dim)
-        slot_inputs = False
+        slot_inputs, slot_order = False, None
         if isinstance(self.experts, EigenExperts):
             assert isinstance(self.router, EigenbasisRouter)
-            inputs, routed, weights = self._route_eigen(tokens, context)
+            inputs, routed, weights, slot_order = self._route_eigen(tokens, context)
             slot_inputs = self.dispatch_fn is not eager_dispatch
         else:
             routed = self.router(tokens)
@@ -196,7 +196,9 @@ class MoELayer(nn.Module):
             keep, dropped = capacity_keep_mask(routed.top_k_index, self.num_experts, self.capacity_factor)
         gate = routed.top_k_weight.to(x.dtype)
         act = self.experts.act
-        out = self.dispatch_fn(inputs, routed.top_k_index, gate, weights, act, keep, slot_inputs=slot_inputs)
+        out = self.dispatch_fn(
+            inputs, routed.top_k_index, gate, weights, act, keep, slot_inputs=slot_inputs, slot_order=slot_order
+        )
         aux = routed.aux_loss
         if self.orthogonality_weight and isinstance(self.experts, EigenExperts):
             aux = aux + self.orthogonality_weight * self.experts.orthogonality_penalty()
@@ -209,7 +211,7 @@ class MoELayer(nn.Module):
 
     def _route_eigen(
         self, tokens: torch.Tensor, context: torch.Tensor | None
-    ) -> tuple[torch.Tensor, RouterOutput, ExpertWeights]:
+    ) -> tuple[torch.Tensor, RouterOutput, ExpertWeights, SlotOrder | None]:
         experts, router = self.experts, self.router
         assert isinstance(experts, EigenExperts) and isinstance(router, EigenbasisRouter)
         v, u = experts.bases()
@@ -238,7 +240,7 @@ class MoELayer(nn.Module):
             inputs = scored if offset is None else scored + offset
             if expert_tokens is not None:
                 inputs = experts.project(expert_tokens, v)
-            return inputs, router(scored, norm, context_projection), experts.expert_weights(u)
+            return inputs, router(scored, norm, context_projection), experts.expert_weights(u), None
         # fast path: score all experts without autograd, keep the routed slots' projections (n, k, r)
         # and differentiate only those (the experts then read per-slot inputs)
         with torch.no_grad():
@@ -253,8 +255,9 @@ class MoELayer(nn.Module):
             if expert_tokens is not None:
                 unrouted = experts.project(expert_tokens, v).flatten(0, 1)
                 selected_inputs = unrouted.index_select(0, flat.flatten()).unflatten(0, flat.shape)
+            slot_order = sort_slots(top_k_index, self.num_experts)  # for the projection's backward and the dispatch
         grad = torch.is_grad_enabled()
-        scored = routed_projection(routed_tokens, v, selected, top_k_index) if grad else selected
+        scored = routed_projection(routed_tokens, v, selected, top_k_index, slot_order) if grad else selected
         selected_ctx = None
         if context_projection is not None:
             selected_ctx = context_projection.gather(1, top_k_index.unsqueeze(-1).expand(-1, -1, experts.expert_rank))
@@ -262,8 +265,13 @@ class MoELayer(nn.Module):
         weight = router.gate_weights(sel_scores, sel_ranking)
         inputs = scored if offset is None else scored + offset[top_k_index]
         if expert_tokens is not None:
-            inputs = routed_projection(expert_tokens, v, selected_inputs, top_k_index) if grad else selected_inputs
-        return inputs, RouterOutput(scores, top_k_index, weight, scores.new_zeros(())), experts.expert_weights(u)
+            inputs = (
+                routed_projection(expert_tokens, v, selected_inputs, top_k_index, slot_order)
+                if grad
+                else selected_inputs
+            )
+        routed = RouterOutput(scores, top_k_index, weight, scores.new_zeros(()))
+        return inputs, routed, experts.expert_weights(u), slot_order
 
     @torch.no_grad()
     def _running_token_mean(self, tokens: torch.Tensor) -> torch.Tensor:
