@@ -127,19 +127,18 @@ def orthonormal_factor(matrix: torch.Tensor) -> torch.Tensor | None:
     """The Q factor of :func:`qr_retract` without autograd, or None if ``matrix`` is already orthonormal.
 
     "Already orthonormal" is the test :func:`retract` applies (``ORTHONORMAL_TOL``), so leaving such
-    a matrix as it is changes nothing downstream. Near the manifold (an optimiser step away) Q comes
-    from one pass of Cholesky QR: ``R = chol(BᵀB)ᵀ`` has a positive diagonal, so ``B R⁻¹`` is the
-    same Q factor as the sign-fixed Householder QR, for one ``(r, m) x (m, r)`` Gram product (needed
-    for the test anyway), a Cholesky factorisation and a triangular inverse of ``(r, r)`` and one
-    ``(m, r) x (r, r)`` product instead of a Householder factorisation (``V`` and ``U`` of the layer
-    benchmark an optimiser step away: 0.41 against 3.0 ms on two threads, 0.51 against 1.14 ms on
-    one). "Near" means ``r · max |BᵀB - I| < 1/2``: by
-    Gershgorin the eigenvalues of ``BᵀB`` then lie in ``(1/2, 3/2)``, so the Cholesky factorisation
-    exists and ``B`` has condition number below ``sqrt(3)``, and one pass leaves ``QᵀQ`` within a
-    few machine epsilons of ``I`` (4-6 measured for shapes up to ``(1024, 64)``, whatever the start
-    error below that bound). The result is not checked again here: :meth:`EigenExperts.bases` tests
-    it before every use and retracts it by Householder QR if it ever missed ``ORTHONORMAL_TOL``.
-    Farther away this returns :func:`qr_retract`.
+    a matrix as it is changes nothing downstream. Near the manifold (``max |BᵀB - I| < 1/2``, e.g.
+    an optimiser step away) Q comes from one pass of Cholesky QR: ``R = chol(BᵀB)ᵀ`` has a positive
+    diagonal, so ``B R⁻¹`` is the same Q factor as the sign-fixed Householder QR, for a
+    ``(r, m) x (m, r)`` Gram product (needed for the test anyway), a Cholesky factorisation and a
+    triangular inverse of ``(r, r)`` and a ``(m, r) x (r, r)`` product instead of a Householder
+    factorisation (``V`` and ``U`` of the layer benchmark an optimiser step away: 0.41 against
+    3.0 ms on two threads, 0.51 against 1.14 ms on one). One pass leaves ``QᵀQ`` within
+    ``cond(B)²`` times a few machine epsilons of ``I``: 4-6 epsilons measured for tall shapes up to
+    ``(1024, 64)`` from any start error below 1/2. The result is not tested again here:
+    :meth:`EigenExperts.bases` tests it before every use and retracts it by Householder QR in the
+    rare case (an ill-conditioned ``B``) that it missed ``ORTHONORMAL_TOL``. Farther from the
+    manifold, or if the factorisation fails, this returns :func:`qr_retract`.
 
     Examples
     --------
@@ -153,13 +152,14 @@ def orthonormal_factor(matrix: torch.Tensor) -> torch.Tensor | None:
     error = _deviation(gram)
     if error <= _tolerance(matrix.dtype):
         return None
-    if not error * matrix.shape[-1] < 0.5:  # also catches NaN
-        return qr_retract(matrix)
-    factor = torch.linalg.cholesky(gram)
-    # B R⁻¹ as a matmul with the small (r, r) inverse: on two threads a third of the time of
-    # solve_triangular on the tall (m, r) matrix, and as orthonormal (a few eps) near the manifold
-    eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device).expand_as(factor)
-    return matrix @ torch.linalg.solve_triangular(factor.mT, eye, upper=True)
+    if error < 0.5:
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if not bool(info.any()):
+            # B R⁻¹ as a matmul with the small (r, r) inverse: on two threads a third of the time
+            # of solve_triangular on the tall (m, r) matrix, and as orthonormal near the manifold
+            eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device).expand_as(factor)
+            return matrix @ torch.linalg.solve_triangular(factor.mT, eye, upper=True)
+    return qr_retract(matrix)
 
 
 def retract(matrix: torch.Tensor) -> torch.Tensor:

@@ -108,19 +108,17 @@ def test_orthonormal_factor_is_the_qr_retraction_near_and_far_from_the_manifold(
     assert orthonormal_factor(q) is None  # already orthonormal: nothing to do
 
 
-def test_orthonormal_factor_uses_cholesky_only_where_gershgorin_guarantees_it():
-    """r * max|BᵀB - I| < 1/2: one Cholesky pass, orthonormal to the bases() tolerance; beyond: Householder."""
+@pytest.mark.parametrize(("scale", "cholesky"), [(1e-3, True), (2e-2, True), (0.3, False)])
+def test_orthonormal_factor_is_orthonormal_to_the_tolerance_bases_tests(scale, cholesky):
+    """One Cholesky-QR pass up to max|BᵀB - I| = 1/2 lands within bases()' tolerance; beyond: Householder."""
     torch.manual_seed(6)
     point = qr_retract(torch.randn(3, 200, 16))
-    direction = torch.randn_like(point)
-    for scale, cholesky in ((1e-3, True), (2e-2, False)):
-        raw = point + scale * direction
-        error = float((raw.mT @ raw - torch.eye(16)).abs().max())
-        assert (error * 16 < 0.5) is cholesky
-        q = orthonormal_factor(raw)
-        assert eigen_experts._is_orthonormal(q)  # bases() will use it as it is
-        torch.testing.assert_close(q, qr_retract(raw), atol=2e-6, rtol=0)
-        assert torch.equal(q, qr_retract(raw)) is not cholesky
+    raw = point + scale * torch.randn_like(point)
+    assert (float((raw.mT @ raw - torch.eye(16)).abs().max()) < 0.5) is cholesky  # the intended branch
+    q = orthonormal_factor(raw)
+    assert eigen_experts._is_orthonormal(q)  # bases() will use it as it is
+    torch.testing.assert_close(q, qr_retract(raw), atol=2e-6, rtol=0)
+    assert torch.equal(q, qr_retract(raw)) is not cholesky
 
 
 def test_orthonormal_factor_of_a_rank_deficient_matrix_falls_back_to_householder():
