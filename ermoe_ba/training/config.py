@@ -17,6 +17,11 @@ __all__ = ["TrainConfig", "member_configs", "member_model_overrides"]
 class TrainConfig:
     """How a brain-age model is trained.
 
+    The defaults are not the bundled recipe (``pipelines/brain_age_cv/config.json``; ``ermoe-ba
+    train --epochs 150 --keep last`` in the README): an option added later defaults to the
+    behaviour from before it existed (e.g. ``ema_decay=0``), so that results files written before
+    the option keep their meaning (:func:`~ermoe_ba.training.methods.settings_defaults`).
+
     Parameters
     ----------
     epochs
