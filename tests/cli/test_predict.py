@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ermoe_ba.cli.main import app
@@ -152,9 +153,21 @@ def test_save_routing_writes_a_trace_per_scan(checkpoint, scans, tmp_path):
     trace, transform, meta = load_routing(routing / f"{GOOD[0]}_T1.npz")
     assert trace.layer_indices == [1]
     assert trace.grid_size == (5, 6, 5)
-    assert trace[1].top_k_index.shape == (1, 150, 2)
-    assert transform is not None and transform.shape == (4, 4)
     assert meta["preprocess"]["grid_shape"] == [80, 96, 80]
+    # the file holds this scan's own routing and conform transform: recompute both independently
+    from ermoe_ba.data.cache import default_cache_dir
+    from ermoe_ba.data.conform import Conformer
+    from ermoe_ba.models import PreprocessConfig
+    from ermoe_ba.training.checkpoint import load_checkpoint
+
+    model, saved_meta = load_checkpoint(checkpoint)
+    conformed = Conformer(PreprocessConfig.from_dict(saved_meta["preprocess"]), default_cache_dir())(scan)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(conformed.volume)[None, None], capture_routing=True).routing[1]
+    assert torch.equal(trace[1].top_k_index, expected.top_k_index)
+    torch.testing.assert_close(trace[1].top_k_weight, expected.top_k_weight)
+    torch.testing.assert_close(trace[1].scores, expected.scores)
+    np.testing.assert_allclose(transform, conformed.transform)
 
 
 @pytest.mark.slow
@@ -167,13 +180,16 @@ def test_no_register_on_scans_already_in_mni_space_with_two_workers(checkpoint, 
     for sid in GOOD[1:]:
         result = conformer(scans / f"{sid}_T1.nii.gz")
         nib.save(nib.Nifti1Image(result.volume, result.affine), tmp_path / f"{sid}_mni.nii.gz")
-    out = tmp_path / "p.csv"
+    out, routing = tmp_path / "p.csv", tmp_path / "routing"
     args = ["--out", out, "--model", checkpoint, "--device", "cpu", "--no-register", "--workers", "2", "-q"]
-    result = _predict(*sorted(tmp_path.glob("*_mni.nii.gz")), *args)
+    result = _predict(*sorted(tmp_path.glob("*_mni.nii.gz")), *args, "--save-routing", routing)
     assert result.exit_code == 0
     table = read_table(out)
     assert table["status"].tolist() == ["ok", "ok"]
     assert np.isfinite(table["predicted_age"]).all()
+    for sid in GOOD[1:]:  # no registration ran: template -> native is exactly the identity (a registration
+        _, transform, _ = load_routing(routing / f"{sid}_mni.npz")  # of these scans moves them by up to ~1 %)
+        np.testing.assert_array_equal(transform, np.eye(4))
 
 
 def test_usage_errors_exit_2(checkpoint, tmp_path):
