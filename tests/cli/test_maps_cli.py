@@ -6,9 +6,15 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ermoe_ba.cli.main import app
+from ermoe_ba.data.cache import default_cache_dir
+from ermoe_ba.data.conform import Conformer
+from ermoe_ba.interpret import expert_label_img
+from ermoe_ba.models import PreprocessConfig
+from ermoe_ba.training.checkpoint import load_checkpoint
 
 runner = CliRunner()
 
@@ -34,6 +40,19 @@ def test_maps_writes_subject_cohort_native_maps_tables_and_report(checkpoint, ix
     assert np.allclose(shares, 1.0, atol=1e-6)
     assert (out / "report.html").stat().st_size > 10_000
     assert len(pd.read_csv(out / "predictions.csv")) == 2
+    # each subject's map is that subject's own top-1 routing, from the model run here on its conformed scan
+    model, meta = load_checkpoint(checkpoint)
+    config = PreprocessConfig.from_dict(meta["preprocess"])
+    volumes = np.stack([Conformer(config, default_cache_dir())(scan).volume for scan in scans])
+    with torch.no_grad():
+        trace = model.eval()(torch.from_numpy(volumes)[:, None], capture_routing=True).routing
+    written = []
+    for sample, scan in enumerate(scans):
+        got = np.asarray(nib.load(out / f"{scan.name[:-7]}" / "layer1_top1_expert_space-MNI.nii.gz").dataobj)
+        expected = np.asarray(expert_label_img(trace[1], trace.grid_size, config, sample).dataobj)
+        np.testing.assert_array_equal(got, expected)
+        written.append(got)
+    assert not np.array_equal(*written)  # two scans, two different maps
 
 
 def test_maps_rejects_unknown_atlas_and_layer(checkpoint, tmp_path):
