@@ -78,8 +78,19 @@ def test_train_brain_age_stores_target_stats_bias_and_data_description(tmp_path,
     assert meta["target"]["std"] == pytest.approx(train_ages.std())
     assert meta["training_data"]["licence"] == "CC BY-SA 3.0"
     assert "IXI" in meta["training_data"]["attribution"]
-    assert meta["bias_correction"]["fitted_on"] in ("validation", "none")
-    assert meta["train_config"]["epochs"] == 3 and np.isfinite(meta["validation_metrics"]["mae"])
+    assert meta["train_config"]["epochs"] == 3
+    # the stored correction is the least-squares line of the saved model's validation predictions on age
+    model, _ = load_checkpoint(result.checkpoint)
+    val = [ixi.subject_ids.index(s) for s in val_ids]
+    with torch.no_grad():
+        standardized = model.eval()(ixi.volumes[val].float()).output[:, 0].double().numpy()
+    predicted = standardized * meta["target"]["std"] + meta["target"]["mean"]
+    slope, intercept = np.polyfit(ixi.ages[val], predicted, 1)
+    stored = meta["bias_correction"]
+    assert stored["fitted_on"] == "validation" and stored["n"] == len(val_ids)
+    assert stored["slope"] == pytest.approx(slope, rel=1e-4)
+    assert stored["intercept"] == pytest.approx(intercept, rel=1e-4)
+    assert meta["validation_metrics"]["mae"] == pytest.approx(np.abs(predicted - ixi.ages[val]).mean(), rel=1e-4)
 
 
 def test_seed_ensemble_trains_saves_and_loads_as_the_mean_of_its_members(tmp_path, synthetic):
