@@ -25,6 +25,12 @@ def test_recovers_planted_age_signal(synthetic):
     assert np.abs(pred - synthetic.ages[test]).mean() < 0.5 * baseline
     oof = model.out_of_fold(synthetic.volumes[train], synthetic.ages[train])
     assert oof.shape == (len(train),)
+    # out of fold: a scan's prediction never depends on its own age, the other folds' models do
+    planted = synthetic.ages[train].copy()
+    planted[0] += 30.0
+    moved = model.out_of_fold(synthetic.volumes[train], planted)
+    assert moved[0] == pytest.approx(oof[0], abs=1e-9)
+    assert np.abs(moved - oof).max() > 1.0
 
 
 def test_voxels_outside_the_training_brain_are_ignored(synthetic):
