@@ -17,11 +17,12 @@ def _blob(b: int = 3) -> torch.Tensor:
     return x
 
 
-def test_all_off_is_identity_and_background_stays_zero():
+@pytest.mark.parametrize("kind", ["fast", "monai"])
+def test_all_off_is_identity_and_background_stays_zero(kind):
     x = _blob()
-    off = AugmentConfig(shift=0, bias_prob=0, gamma_prob=0, noise_prob=0)
+    off = AugmentConfig(kind=kind, shift=0, bias_prob=0, gamma_prob=0, noise_prob=0)
     assert torch.equal(BatchAugment(off)(x), x)
-    y = BatchAugment(AugmentConfig(shift=0, bias_prob=1, gamma_prob=1, noise_prob=1), seed=1)(x)
+    y = BatchAugment(AugmentConfig(kind=kind, shift=0, bias_prob=1, gamma_prob=1, noise_prob=1), seed=1)(x)
     assert torch.equal(y[x == 0], torch.zeros_like(y[x == 0]))
     assert not torch.allclose(y, x)
 
@@ -41,19 +42,17 @@ def test_same_seed_same_augmentation_and_shapes_kept():
     assert not torch.equal(a, BatchAugment(cfg, seed=6)(x))
 
 
-def test_gamma_keeps_the_intensity_range_and_order():
+@pytest.mark.parametrize("kind", ["fast", "monai"])
+def test_gamma_keeps_the_intensity_range_and_order(kind):
     x = _blob(2)
-    y = BatchAugment(AugmentConfig(shift=0, bias_prob=0, noise_prob=0, gamma_prob=1.0), seed=0)(x)
+    y = BatchAugment(AugmentConfig(kind=kind, shift=0, bias_prob=0, noise_prob=0, gamma_prob=1.0), seed=0)(x)
     inside = x != 0
     assert y[inside].min() >= x.min() - 1e-5 and y[inside].max() <= x.max() + 1e-5
     order_x = torch.argsort(x[0][inside[0]])
     assert torch.all(torch.diff(y[0][inside[0]][order_x]) >= -1e-5)  # gamma is monotone
 
 
-def test_monai_backend_runs_with_the_same_settings():
-    x = _blob(2)
-    y = BatchAugment(AugmentConfig(kind="monai", bias_prob=1, gamma_prob=1, noise_prob=1), seed=0)(x)
-    assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(x, y)
+def test_unknown_augment_kind_names_the_choices():
     with pytest.raises(ValueError, match="fast"):
         AugmentConfig(kind="fsat")
 
