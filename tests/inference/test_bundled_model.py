@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 from conform_helpers import INVARIANT_REENCODINGS, reencoded_variants
 from typer.testing import CliRunner
@@ -11,6 +14,8 @@ from ermoe_ba.cli.main import app
 from ermoe_ba.inference import BrainAgePredictor, bundled_models, resolve_checkpoint
 from ermoe_ba.inference.pretrained import sha256_of
 from ermoe_ba.inference.table import PREDICTION_COLUMNS, read_table
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +33,21 @@ def test_manifest_names_a_default_whose_checksum_and_licence_hold():
     assert entry["architecture"]["model_config"]["router"] == "ermoe"
 
 
-def test_default_model_carries_its_training_statistics(predictor):
+def test_default_model_carries_its_training_statistics(predictor, ixi_dir):
     meta = predictor.meta
-    assert 20 < meta["target"]["mean"] < 80 and meta["target"]["std"] > 5
     assert meta["training_data"]["licence"] == "CC BY-SA 3.0"
-    assert 0.3 < meta["bias_correction"]["slope"] < 1.5
+    # age standardisation: mean and sd of the ages of exactly the scans it was trained on
+    ages = pd.read_csv(ixi_dir / "ages.csv").set_index("subject_id")["age"]
+    trained = ages.loc[meta["training_data"]["subject_ids"]].to_numpy()
+    assert len(trained) == 129 and not meta["training_data"]["validation_subject_ids"]
+    assert meta["target"]["mean"] == pytest.approx(trained.mean())
+    assert meta["target"]["std"] == pytest.approx(trained.std())
+    # bias correction: the least-squares line of the CV run's held-out predictions on age (README, Results)
+    cv_run = REPO / "bench/results/ensemble_cv_folds/ermoe_whitened_two_stems_and_pca_ridge"
+    held_out = pd.read_csv(cv_run / "out_of_fold.csv")
+    slope, intercept = np.polyfit(held_out["age"], held_out["predicted_age"], 1)
+    assert meta["bias_correction"]["slope"] == pytest.approx(slope) and meta["bias_correction"]["n"] == len(held_out)
+    assert meta["bias_correction"]["intercept"] == pytest.approx(intercept)
 
 
 @pytest.mark.slow

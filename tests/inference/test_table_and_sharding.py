@@ -46,18 +46,17 @@ def test_without_resume_an_old_table_is_replaced(tmp_path):
 
 
 def test_merged_parts_equal_one_table(tmp_path):
-    rows = [_row(s) for s in "edcba"]
-    whole = PredictionTable(tmp_path / "whole.csv")
-    whole.add(rows)
+    rows = [_row(s, pred=40.0 + i) for i, s in enumerate("edcba")]  # every row tells its subject apart
     parts = []
     for part_id in range(2):
         path = tmp_path / f"part{part_id}.csv"
         PredictionTable(path).add(shard(rows, 2, part_id))
         parts.append(path)
     merged = merge_tables(parts, tmp_path / "merged.csv")
-    expected = merge_tables([tmp_path / "whole.csv"], tmp_path / "whole_sorted.csv")
-    pd.testing.assert_frame_equal(merged, expected)
-    assert merged["subject_id"].tolist() == list("abcde")
+    expected = pd.DataFrame(sorted(rows, key=lambda row: row["subject_id"]), columns=list(PREDICTION_COLUMNS))
+    expected["brain_age_gap_corrected"] = expected["brain_age_gap_corrected"].astype(float)  # None -> NaN
+    pd.testing.assert_frame_equal(merged, expected, check_dtype=False)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "merged.csv"), merged)
 
 
 def test_shard_covers_every_item_once_and_checks_arguments():
