@@ -27,6 +27,8 @@ starts from orthonormal bases and skips the QR factorisation, as in training (th
 applies QR's exact derivative). Dense and softmax steps are forward + backward (they have nothing
 to retract). ``orthogonalization_ms_fwd_bwd`` times ``bases()`` forward + backward on raw bases
 moved off the manifold (the full QR path, which training never takes after the first step).
+``E8_orthonormality_ms`` is the ERMoE step minus that of a copy reading its raw bases as they are
+(no retraction, no check, no QR-point backward): what keeping the bases orthonormal costs.
 
     python bench/moe_layer.py [--quick] [--repeats N] [--wait-quiet SECONDS] [--no-save]
 """
@@ -34,6 +36,7 @@ moved off the manifold (the full QR path, which training never takes after the f
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import os
@@ -82,6 +85,18 @@ class _Step:
         out = self.module(self.x)
         out = out[0] if isinstance(out, tuple) else out
         out.backward(self.grad)
+
+
+def _without_orthonormality(layer: MoELayer) -> MoELayer:
+    """Diagnostic: ``layer`` reading its raw bases as they are (no retraction, check or QR-point backward).
+
+    Not a valid ERMoE layer; its time against ``ermoe_sorted`` is what keeping the bases
+    orthonormal costs per step (``E8_orthonormality_ms``).
+    """
+    experts = layer.experts
+    experts.bases = lambda: (experts.V, experts.U)
+    experts.orthonormalize_ = lambda: None
+    return layer
 
 
 def _mixtral(num_experts: int) -> tuple[nn.Module | None, str]:
@@ -226,6 +241,7 @@ def main() -> None:
                 )
         if num_experts == 8:  # context: softmax experts as wide as the ERMoE ones (more active parameters)
             modules["softmax_sorted_ermoe_width"] = MoELayer(EMBED_DIM, h_ermoe, num_experts, TOP_K, router="softmax")
+            modules["ermoe_sorted_raw_bases"] = _without_orthonormality(copy.deepcopy(modules["ermoe_sorted"]))
             fast = {name: modules[name] for name in ("dense", "softmax_sorted", "ermoe_sorted")}
         block, mixtral_notes[f"E{num_experts}"] = _mixtral(num_experts)
         if block is not None:
@@ -239,6 +255,8 @@ def main() -> None:
         if num_experts == 8:
             report["ermoe_vs_dense"] = round(medians["ermoe_sorted"] / medians["dense"], 3)
             report["ermoe_vs_softmax"] = round(medians["ermoe_sorted"] / medians["softmax_sorted"], 3)
+            orthonormality = medians["ermoe_sorted"] - medians["ermoe_sorted_raw_bases"]
+            report["E8_orthonormality_ms"] = round(orthonormality * 1e3, 2)
             # the parametrization takes seconds per step here: a few repeats suffice
             report["orthogonalization_ms_fwd_bwd"] = _orthogonalization_ms(num_experts, h_ermoe, min(repeats, 3))
 
