@@ -20,7 +20,7 @@ def evaluate(
         ..., "--out", "-o", help="Folder for metrics.json, predictions.csv and scatter.png."
     ),
     ages: Path | None = typer.Option(None, "--ages", help="Table of subject_id, age (overrides input ages)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     workers: int = typer.Option(0, "--workers", "-j", min=0, help=WORKERS_HELP),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Conformed-volume cache folder."),
@@ -33,12 +33,13 @@ def evaluate(
     Exit code 2 on usage errors (missing checkpoint, no scans with ages).
     """
     from ermoe_ba.data.discovery import DiscoveryError
-    from ermoe_ba.models.config import PreprocessConfig
+    from ermoe_ba.models.config import PreprocessConfig, check_choice
     from ermoe_ba.training.checkpoint import read_meta
     from ermoe_ba.training.data import load_cohort
     from ermoe_ba.training.evaluate import evaluate_checkpoint
 
     try:
+        check_choice("device", device, ("auto", "cpu", "cuda"))  # before the scans are conformed
         preprocess = PreprocessConfig.from_dict(read_meta(checkpoint)["preprocess"])
         data = load_cohort(inputs, ages, preprocess, cache_dir, progress=progress, workers=workers)
         metrics = evaluate_checkpoint(checkpoint, data, out, device, batch_size, shift_average)

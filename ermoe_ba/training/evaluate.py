@@ -6,16 +6,18 @@ run's validation scans), never refitted on the evaluation scans.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ermoe_ba.atomic import atomic_path, write_json_atomic
+from ermoe_ba.models.config import check_choice
 from ermoe_ba.training.bias import AgeBiasCorrection
 from ermoe_ba.training.checkpoint import load_checkpoint
 from ermoe_ba.training.data import VolumeSet
+from ermoe_ba.training.distributed import resolve_device
 from ermoe_ba.training.loop import TargetScaler, predict
 from ermoe_ba.training.metrics import brain_age_metrics
 from ermoe_ba.training.shift_average import checkpoint_shift_average, named_offsets
@@ -58,9 +60,7 @@ def scatter_plot(
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="chronological age (y)", ylabel="predicted age (y)", title=title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    output_file = Path(output_file)
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output_file)
+    output_file = atomic_path(output_file, fig.savefig)
     plt.close(fig)
     return output_file
 
@@ -69,7 +69,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     data: VolumeSet,
     out_dir: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     batch_size: int = 8,
     shift_average: str | None = None,
 ) -> dict[str, Any]:
@@ -79,7 +79,8 @@ def evaluate_checkpoint(
     (:data:`~ermoe_ba.training.shift_average.OFFSET_SETS`); None takes the checkpoint's own
     (:func:`~ermoe_ba.training.shift_average.checkpoint_shift_average`), as ``ermoe-ba predict`` does.
 
-    Writes ``metrics.json``, ``predictions.csv`` and ``scatter.png`` to ``out_dir`` when given.
+    ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. Writes ``metrics.json``,
+    ``predictions.csv`` and ``scatter.png`` to ``out_dir`` when given, each atomically.
 
     Returns
     -------
@@ -90,6 +91,7 @@ def evaluate_checkpoint(
     data = data.with_age()
     if len(data) < 2:
         raise ValueError(f"evaluation needs >= 2 scans with an age, got {len(data)}")
+    device = resolve_device(check_choice("device", device, ("auto", "cpu", "cuda")))
     model, meta = load_checkpoint(checkpoint, map_location=device)
     if tuple(meta["preprocess"]["grid_shape"]) != tuple(data.preprocess.grid_shape):
         raise ValueError(
@@ -114,8 +116,8 @@ def evaluate_checkpoint(
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        pd.DataFrame(
+        write_json_atomic(out / "metrics.json", metrics)
+        table = pd.DataFrame(
             {
                 "subject_id": data.subject_ids,
                 "age": data.ages,
@@ -124,6 +126,7 @@ def evaluate_checkpoint(
                 "brain_age_gap": pred - data.ages,
                 "corrected_gap": corrected - data.ages,
             }
-        ).to_csv(out / "predictions.csv", index=False)
+        )
+        atomic_path(out / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
         scatter_plot(data.ages, pred, out / "scatter.png", corrected=corrected, title=meta["model_name"])
     return metrics

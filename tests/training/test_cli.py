@@ -60,6 +60,12 @@ def test_evaluate_missing_checkpoint_exits_2(tmp_path):
     assert result.exit_code == 2 and "none.safetensors" in result.output
 
 
+def test_evaluate_unknown_device_exits_2_naming_the_choices(tmp_path):
+    args = ["evaluate", str(tmp_path / "m.safetensors"), str(tmp_path), "-o", str(tmp_path), "--device", "gpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "gpu" in result.output and "cuda" in result.output
+
+
 @pytest.mark.slow
 def test_keep_last_trains_every_epoch_and_records_the_recipe(tmp_path, real_scans):
     table = _scans_table(tmp_path, real_scans)
