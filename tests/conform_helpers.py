@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,11 +55,14 @@ def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     not_image = folder / "notes.nii.gz"
     not_image.write_text("subject,age\nA,3\n")
+    garbage = folder / "garbage.nii.gz"  # gzip of random bytes: nibabel cannot tell its file type
+    garbage.write_bytes(gzip.compress(np.random.default_rng(0).bytes(4000)))
     nan = synthetic_head()
     nan[3, 3, 3] = np.nan
     return {
         "truncated": (truncated, "unreadable or truncated"),
-        "not_image": (not_image, "unreadable"),
+        "not_image": (not_image, "not a gzip file"),
+        "garbage": (garbage, "Cannot work out file type"),
         "empty": (touch(folder / "empty.nii"), "empty"),
         "2d": (save_nifti(folder / "slice.nii.gz", synthetic_head((60, 70, 1))), "2D"),
         "4d": (save_nifti(folder / "bold.nii.gz", np.stack([synthetic_head()] * 3, -1)), "3 volumes"),

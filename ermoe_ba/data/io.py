@@ -73,9 +73,13 @@ def is_dicom_dir(path: str | Path) -> bool:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
     from monai.data import NibabelReader
     from monai.transforms import LoadImage
 
+    # the header alone, so that nibabel names what is wrong: MONAI reports any failure as "no suitable
+    # reader" and tells the user to install reader libraries
+    nib.load(str(path))
     loader = LoadImage(reader=NibabelReader(), image_only=True, dtype=np.float32)
     img = loader(str(path))
     return np.asarray(img.numpy()), np.asarray(img.affine, dtype=np.float64)

@@ -21,6 +21,7 @@ def test_each_bad_input_has_a_one_line_error_naming_the_file(tmp_path: Path) -> 
         assert message.startswith(f"{path}: "), name
         assert words in message, (name, message)
         assert "\n" not in message, name
+        assert "install" not in message, (name, message)  # not MONAI's "no suitable reader" advice
 
 
 def test_missing_file(tmp_path: Path) -> None:
