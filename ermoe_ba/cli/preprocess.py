@@ -32,7 +32,7 @@ def preprocess(
         help="Blur scans finer than the 2 mm grid to its sharpness and fit N4 at a fixed spacing.",
     ),
     cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Conformed-volume cache (default: $ERMOE_BA_CACHE or ~/.cache/ermoe-ba)."
+        None, "--cache-dir", help="Conformed-volume cache (default: $ERMOE_BA_CACHE or ~/.cache/ermoe-ba/conformed)."
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),

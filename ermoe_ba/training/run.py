@@ -181,6 +181,12 @@ def _ensemble_meta(members: list, recipes: list[TrainConfig], member_overrides: 
 
 def _fit_on_validation(ages: np.ndarray, val_pred: np.ndarray, val_idx: np.ndarray) -> AgeBiasCorrection:
     """The validation scans' correction, or the identity (with a warning) when it cannot be fitted."""
+    if not len(val_idx):
+        log.warning(
+            "no age-bias correction stored: no validation scans to fit it on; pass held-out predictions "
+            "with --calibration (e.g. a CV run's <method>/out_of_fold.csv)"
+        )
+        return AgeBiasCorrection()
     full_pred = np.full(len(ages), np.nan)
     full_pred[val_idx] = val_pred
     try:

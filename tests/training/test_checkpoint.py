@@ -145,3 +145,11 @@ def test_training_on_every_scan_needs_keep_last_and_stores_the_given_correction(
     result = train_brain_age(synthetic, None, "sfcn_tiny", small, cfg, val_fraction=0.0, bias_correction=given)
     assert result.meta["training_data"]["n_scans"] == len(synthetic.ages)
     assert result.meta["bias_correction"] == given.to_dict() and result.val_metrics == {"n": 0}
+
+
+def test_training_on_every_scan_without_calibration_says_what_to_pass(tmp_path, synthetic, caplog):
+    cfg = TrainConfig(epochs=1, batch_size=8, keep="last", progress=False, device="cpu", augment=AugmentConfig("none"))
+    with caplog.at_level("WARNING", logger="ermoe_ba.training.run"):
+        result = train_brain_age(synthetic, tmp_path / "m.safetensors", "sfcn_tiny", {"channels": (4, 8)}, cfg, 0.0)
+    assert read_meta(result.checkpoint)["bias_correction"]["fitted_on"] == "none"
+    assert "--calibration" in caplog.text and "no validation scans" in caplog.text
