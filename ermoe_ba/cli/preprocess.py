@@ -39,16 +39,22 @@ def preprocess(
 ) -> None:
     """Conform raw T1 scans to the model's MNI grid; write DIR/<subject_id>.nii.gz and DIR/qc.tsv.
 
+    Every file is written atomically and qc.tsv after each scan, so a killed run leaves complete
+    volumes and their QC rows; a rerun into the same folder updates the rows of its scans and keeps
+    the others (and, with the cache on, skips the conform work already done).
     Exit code 0 when every scan is ok, 1 when some failed QC or could not be read, 2 on usage errors.
     """
     import math
+    from functools import partial
 
     import nibabel as nib
     import pandas as pd
 
+    from ermoe_ba.atomic import atomic_path
     from ermoe_ba.data.cache import default_cache_dir
     from ermoe_ba.data.conform import conform_records
     from ermoe_ba.data.discovery import DiscoveryError, discover
+    from ermoe_ba.inference.table import write_table_atomic
     from ermoe_ba.models.config import PreprocessConfig
 
     try:
@@ -62,13 +68,15 @@ def preprocess(
     config = PreprocessConfig(register=register, bias_correction=bias_correction, match_resolution=match_resolution)
     cache = None if no_cache else (cache_dir or default_cache_dir())
     out.mkdir(parents=True, exist_ok=True)
+    qc_path = out / "qc.tsv"
+    earlier = pd.read_csv(qc_path, sep="\t", dtype=str, keep_default_na=False) if qc_path.exists() else None
+    kept = {} if earlier is None else {row["subject_id"]: row for row in earlier.to_dict("records")}
     rows = []
     for result in conform_records(records, config, cache_dir=cache, workers=workers, progress=progress):
         output = ""
         if result.volume is not None:
-            output_path = out / f"{result.subject_id}.nii.gz"
-            nib.save(nib.Nifti1Image(result.volume, result.affine), output_path)
-            output = str(output_path)
+            image = nib.Nifti1Image(result.volume, result.affine)
+            output = str(atomic_path(out / f"{result.subject_id}.nii.gz", partial(nib.save, image)))
         if result.status != "ok":
             typer.echo(f"{result.status}: {result.error}", err=True)
         score = result.qc_score
@@ -82,7 +90,9 @@ def preprocess(
                 "error": result.error,
             }
         )
-    pd.DataFrame(rows, columns=list(QC_COLUMNS)).to_csv(out / "qc.tsv", sep="\t", index=False)
+        kept[result.subject_id] = rows[-1]
+        table = pd.DataFrame([kept[sid] for sid in sorted(kept)], columns=list(QC_COLUMNS))
+        write_table_atomic(table, qc_path)
     failed = sum(row["status"] != "ok" for row in rows)
     typer.echo(f"{len(rows) - failed}/{len(rows)} scans ok; QC table: {out / 'qc.tsv'}")
     raise typer.Exit(1 if failed else 0)

@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from ermoe_ba.atomic import write_json_atomic
 from ermoe_ba.training.benchmark import load_pipeline_config, run_cv_pipeline
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +34,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     config = load_pipeline_config(args.config)
     report = run_cv_pipeline(config, args.out, only_methods=args.methods, only_folds=args.folds, workers=args.workers)
-    (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    write_json_atomic(args.out / "report.json", report)
     print(json.dumps(report["comparison"]))
 
 

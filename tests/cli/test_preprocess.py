@@ -56,6 +56,11 @@ def test_good_and_bad_scans_table_outputs_and_exit_code(tmp_path: Path, cache: P
     assert failed["status"] == "error" and failed["output"] == "" and failed["qc_score"] == ""
     assert failed["error"].startswith(f"{bad}: ") and "all zero" in failed["error"]
     assert "all zero" in result.output  # the one-line reason is also printed
+    # A rerun into the same folder with only the bad scan updates its row and keeps the good one's.
+    assert _run(str(bad), "--out", str(out), "--cache-dir", str(cache)).exit_code == 1
+    rerun = pd.read_csv(out / "qc.tsv", sep="\t", keep_default_na=False)
+    pd.testing.assert_frame_equal(rerun, table)
+    assert not list(out.glob(".tmp*")), "temporary files must not be left behind"
     # Second run: served from the cache, same volume, exit 0 with only good scans.
     again = _run(str(scan), "--out", str(tmp_path / "again"), "--cache-dir", str(cache))
     assert again.exit_code == 0, again.output
