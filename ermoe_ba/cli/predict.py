@@ -45,6 +45,8 @@ def run_predict(
     discovered = predictor.discover(inputs, ages)
     records = shard(discovered, num_parts, part_id)
     target = _part_path(out, rank, world) if world > 1 else out
+    if not resume and target.exists():  # always said, also with --quiet: the old table goes
+        typer.echo(f"replacing the existing table {target} (--resume continues it instead)", err=True)
     table = PredictionTable(target, resume=resume)
     todo = [r for r in records if not table.done(r.subject_id, r.path)]
     if not quiet and len(todo) < len(records):

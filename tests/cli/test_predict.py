@@ -112,7 +112,9 @@ def test_resume_after_a_killed_run_gives_the_same_table(checkpoint, scans, tmp_p
     monkeypatch.setattr(BrainAgePredictor, "_predict_batch", real)
     resumed = _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--resume")
     assert resumed.exit_code == 0
-    assert "resuming: 1 of 3" in resumed.output
+    assert "resuming: 1 of 3" in resumed.output and "replacing" not in resumed.output
+    again = _predict(*inputs, "--out", whole, "--model", checkpoint, "--device", "cpu", "-q")
+    assert f"replacing the existing table {whole}" in again.output
     pd.testing.assert_frame_equal(read_table(killed), read_table(whole))
 
 
