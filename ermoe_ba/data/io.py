@@ -77,11 +77,14 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from monai.data import NibabelReader
     from monai.transforms import LoadImage
 
-    # the header alone, so that nibabel names what is wrong: MONAI reports any failure as "no suitable
-    # reader" and tells the user to install reader libraries
-    nib.load(str(path))
     loader = LoadImage(reader=NibabelReader(), image_only=True, dtype=np.float32)
-    img = loader(str(path))
+    try:
+        img = loader(str(path))
+    except Exception:
+        # MONAI reports any failure as "no suitable reader" and tells the user to install reader
+        # libraries; nibabel's header read names what is wrong with the file
+        nib.load(str(path))
+        raise
     return np.asarray(img.numpy()), np.asarray(img.affine, dtype=np.float64)
 
 

@@ -30,11 +30,10 @@ class _RoutedProjection(torch.autograd.Function):
         tokens: torch.Tensor,  # (n, d)
         bases: torch.Tensor,  # (e, d, r)
         selected: torch.Tensor,  # (n, k, r) = tokens @ bases[top_k_index], computed without autograd
-        top_k_index: torch.Tensor,  # (n, k)
-        slot_order: SlotOrder,
+        slot_order: SlotOrder,  # the slots of top_k_index sorted by expert
     ) -> torch.Tensor:
         ctx.save_for_backward(tokens, bases, slot_order.order)
-        ctx.k, ctx.counts = top_k_index.shape[1], slot_order.counts
+        ctx.k, ctx.counts = selected.shape[1], slot_order.counts
         return selected.view_as(selected)
 
     @staticmethod
@@ -60,7 +59,7 @@ class _RoutedProjection(torch.autograd.Function):
             if grad_rows is not None:
                 torch.mm(grad_slots[block], bases[e].t(), out=grad_rows[block])
         grad_tokens = None if grad_rows is None else grad_rows.new_zeros(n, dim).index_add_(0, token, grad_rows)
-        return grad_tokens, grad_bases, None, None, None
+        return grad_tokens, grad_bases, None, None
 
 
 def routed_projection(
@@ -89,4 +88,4 @@ def routed_projection(
     """
     if slot_order is None:
         slot_order = sort_slots(top_k_index, bases.shape[0])
-    return _RoutedProjection.apply(tokens, bases, selected, top_k_index, slot_order)
+    return _RoutedProjection.apply(tokens, bases, selected, slot_order)

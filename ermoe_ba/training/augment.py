@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +108,14 @@ class AugmentConfig:
         return asdict(self)
 
 
+class _MonaiTransforms(NamedTuple):
+    """The MONAI back-end's random transforms: spatial, intensity (applied inside the brain), flip."""
+
+    affine: Any
+    intensity: list[Any]
+    flip: Any | None
+
+
 def whole_voxel_shift(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Translate each sample by whole voxels, filling with zeros: ``offsets`` is ``(b, 3)`` ints."""
     out = torch.zeros_like(x)
@@ -163,7 +171,7 @@ class BatchAugment:
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.generator)
 
-    def _build_monai(self, seed: int):
+    def _build_monai(self, seed: int) -> _MonaiTransforms:
         from monai.transforms import (
             Compose,
             RandAdjustContrast,
@@ -174,24 +182,22 @@ class BatchAugment:
         )
 
         c = self.config
-        transforms = Compose(
-            [
-                RandAffine(
-                    prob=max(c.affine_prob, 1.0 if c.shift else 0.0),
-                    rotate_range=(math.radians(c.rotate_deg),) * 3,
-                    scale_range=(c.scale,) * 3,
-                    translate_range=(c.shift,) * 3,
-                    padding_mode="zeros",
-                ),
-                RandBiasField(prob=c.bias_prob, coeff_range=(0.0, c.bias_coeff)),
-                RandAdjustContrast(prob=c.gamma_prob, gamma=c.gamma_range),
-                RandGaussianNoise(prob=c.noise_prob, std=c.noise_std),
-                # last and only when asked, so the other transforms keep their random streams
-                *([RandFlip(prob=0.5, spatial_axis=0)] if c.flip_lr else []),
-            ]
+        affine = RandAffine(
+            prob=max(c.affine_prob, 1.0 if c.shift else 0.0),
+            rotate_range=(math.radians(c.rotate_deg),) * 3,
+            scale_range=(c.scale,) * 3,
+            translate_range=(c.shift,) * 3,
+            padding_mode="zeros",
         )
-        transforms.set_random_state(seed=seed)
-        return transforms
+        intensity = [
+            RandBiasField(prob=c.bias_prob, coeff_range=(0.0, c.bias_coeff)),
+            RandAdjustContrast(prob=c.gamma_prob, gamma=c.gamma_range),
+            RandGaussianNoise(prob=c.noise_prob, std=c.noise_std),
+        ]
+        # last and only when asked, so the other transforms keep their random streams
+        flip = RandFlip(prob=0.5, spatial_axis=0) if c.flip_lr else None
+        Compose([affine, *intensity, *([flip] if flip else [])]).set_random_state(seed=seed)  # seeds each one
+        return _MonaiTransforms(affine, intensity, flip)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Augment a batch on CPU (returned on the input's device and dtype)."""
@@ -212,17 +218,15 @@ class BatchAugment:
         the background (zero after the affine) stays exactly 0; MONAI's own transforms would
         scale negative z-scores and lift the background (gamma rescales by the image's minimum).
         """
-        c = self.config
-        affine, *intensity = self._monai.transforms
-        flip = intensity.pop() if c.flip_lr else None
-        v = torch.as_tensor(affine(sample)).as_tensor()
+        c, monai = self.config, self._monai
+        v = torch.as_tensor(monai.affine(sample)).as_tensor()
         if c.bias_prob or c.gamma_prob or c.noise_prob:
             mask, lo = v != 0, v.min()
             pos = v - lo
-            for transform in intensity:
+            for transform in monai.intensity:
                 pos = transform(pos)
             v = (torch.as_tensor(pos).as_tensor() + lo) * mask
-        return v if flip is None else torch.as_tensor(flip(v)).as_tensor()
+        return v if monai.flip is None else torch.as_tensor(monai.flip(v)).as_tensor()
 
     def _sharpness(self, x: torch.Tensor) -> torch.Tensor:
         """Shift by a fraction of a voxel (``subvoxel_prob``), then blur or sharpen (``blur_prob``), the
