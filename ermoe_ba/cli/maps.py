@@ -33,12 +33,21 @@ def run_maps(
     workers: int = 1,
     native: bool = True,
     quiet: bool = False,
+    resume: bool = False,
 ) -> int:
     """Predict with routing capture, then write maps, tables and the report. Returns the exit code."""
     from ermoe_ba.inference.predictor import BrainAgePredictor
+    from ermoe_ba.inference.table import read_table
     from ermoe_ba.interpret.scans import map_scans
 
     predictor = BrainAgePredictor.from_pretrained(model, device=device)
+    earlier = out / "predictions.csv"
+    if not resume and earlier.exists():  # always said: the earlier run's subjects leave the cohort
+        typer.echo(
+            f"replacing the maps in {out}: the {len(read_table(earlier))} scans of the earlier run leave its tables "
+            "and cohort maps, their subject folders stay (--resume continues that run instead)",
+            err=True,
+        )
     result, frame = map_scans(
         predictor,
         inputs,
@@ -50,6 +59,7 @@ def run_maps(
         batch_size=batch_size,
         workers=workers,
         progress=not quiet,
+        resume=resume,
     )
     if result is None:
         typer.echo("error: no scan could be conformed; see predictions.csv for the reasons", err=True)
@@ -76,12 +86,17 @@ def maps(
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help=WORKERS_HELP)] = 0,
     no_native: Annotated[bool, typer.Option("--no-native", help="Skip maps in each scan's own space.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out: skip its scans, map them with the new ones.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Map which expert handles which part of the brain, per scan and across the cohort.
 
     Writes DIR/<subject_id>/*.nii.gz (MNI and native space), DIR/cohort/*.nii.gz,
-    DIR/regions.tsv, DIR/nmi.tsv, DIR/predictions.csv and DIR/report.html.
+    DIR/regions.tsv, DIR/nmi.tsv, DIR/predictions.csv and DIR/report.html. With --resume, a
+    killed or earlier run in DIR is continued: its scans are not conformed again and the tables,
+    cohort maps and report cover them and the new ones.
     """
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
@@ -92,7 +107,9 @@ def maps(
         for name in atlas or []:
             if not Path(name).exists() and name not in list_atlases():
                 raise typer.BadParameter(f"--atlas {name!r}: not a file and not one of {list_atlases()}")
-        code = run_maps(inputs, out, model, atlas, chosen, device, ages, batch_size, workers, not no_native, quiet)
+        code = run_maps(
+            inputs, out, model, atlas, chosen, device, ages, batch_size, workers, not no_native, quiet, resume
+        )
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +68,11 @@ class PredictionTable:
     def done(self, subject_id: str, path: str | Path) -> bool:
         """Whether a row for this scan is already in the table (from a previous run)."""
         return (str(subject_id), str(path)) in self._done
+
+    def keep_only(self, predicate: Callable[[dict], bool]) -> None:
+        """Forget the rows for which ``predicate`` is false, so their scans count as not done."""
+        self.rows = [row for row in self.rows if predicate(row)]
+        self._done = {(str(r["subject_id"]), str(r["path"])) for r in self.rows}
 
     def add(self, rows: Iterable[dict]) -> None:
         """Append rows and rewrite the file."""

@@ -30,6 +30,7 @@ def map_scans(
     workers: int = 1,
     progress: bool = True,
     figures: bool = True,
+    resume: bool = False,
     on_batch: Callable[[list[dict]], None] | None = None,
 ) -> tuple[MapsResult | None, pd.DataFrame]:
     """Conform and predict ``inputs`` with routing capture, then write maps, tables and report.
@@ -38,15 +39,23 @@ def map_scans(
     ``out_dir/predictions.csv``; a hybrid ensemble's linear member adds its age-weight map.
     Returns the maps result (None when no scan was usable) and the predictions table.
 
+    With ``resume=True`` the run continues an earlier one in ``out_dir``: scans already in its
+    ``predictions.csv`` (with their routing trace, when they were predicted) are not conformed
+    again, and the tables, cohort maps and report cover the earlier scans and the new ones.
+    Without it, the table is replaced and only this run's scans enter the cohort maps.
+
     Examples
     --------
     >>> result, table = map_scans(BrainAgePredictor.from_pretrained(), ["scans/"], "maps")  # doctest: +SKIP
     """
     out = Path(out_dir)
     records = predictor.discover(list(inputs), ages)
-    table = PredictionTable(out / "predictions.csv")
+    routing_dir = out / "routing"
+    table = PredictionTable(out / "predictions.csv", resume=resume)
+    table.keep_only(lambda row: row["status"] != "ok" or (routing_dir / f"{row['subject_id']}.npz").exists())
+    todo = [r for r in records if not table.done(r.subject_id, r.path)]
     for rows in predictor.iter_batches(
-        records, batch_size=batch_size, workers=workers, routing_dir=out / "routing", progress=progress
+        todo, batch_size=batch_size, workers=workers, routing_dir=routing_dir, progress=progress
     ):
         table.add(rows)
         if on_batch is not None:
@@ -57,11 +66,11 @@ def map_scans(
         return None, frame
     traces, native_maps = {}, {}
     for sid, path in zip(ok["subject_id"], ok["path"], strict=True):
-        trace, transform, _ = load_routing(out / "routing" / f"{sid}.npz")
+        trace, transform, _ = load_routing(routing_dir / f"{sid}.npz")
         traces[sid] = trace
         if native and transform is not None:
             native_maps[sid] = (transform, path)
-    known_ages = {r.subject_id: r.age for r in records if r.age is not None and r.subject_id in traces}
+    known_ages = {sid: float(age) for sid, age in zip(ok["subject_id"], ok["age"], strict=True) if pd.notna(age)}
     weight_maps = {
         f"linear_member{i}_age_weights" if i else "linear_age_weights": (
             age_weight_img(member, predictor.preprocess, predictor.target_std),

@@ -59,3 +59,33 @@ def test_maps_rejects_unknown_atlas_and_layer(checkpoint, tmp_path):
     scan = str(tmp_path / "x.nii.gz")
     assert runner.invoke(app, ["maps", scan, "--atlas", "harvard_oxfrd"]).exit_code == 2
     assert runner.invoke(app, ["maps", scan, "--layer", "first"]).exit_code == 2
+
+
+@pytest.mark.slow
+def test_maps_resume_keeps_the_earlier_scans_and_a_plain_rerun_replaces_them(checkpoint, ixi_dir, tmp_path):
+    first, second = (ixi_dir / "t1" / f"{sid}_T1.nii.gz" for sid in ("IXI013-HH-1212", "IXI014-HH-1236"))
+    out = tmp_path / "maps"
+    common = ["--out", str(out), "--model", str(checkpoint), "--device", "cpu", "--atlas", "tissue", "--layer", "1"]
+    common += ["--no-native", "-q"]
+    assert runner.invoke(app, ["maps", str(first), *common], catch_exceptions=False).exit_code == 0
+    trace_file = out / "routing" / "IXI013-HH-1212_T1.npz"
+    written_at = trace_file.stat().st_mtime_ns
+    before = pd.read_csv(out / "predictions.csv")
+
+    result = runner.invoke(app, ["maps", str(first), str(second), *common, "--resume"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "replacing" not in result.output
+    assert trace_file.stat().st_mtime_ns == written_at  # the earlier scan was not predicted again
+    table = pd.read_csv(out / "predictions.csv")
+    assert sorted(table["subject_id"]) == ["IXI013-HH-1212_T1", "IXI014-HH-1236_T1"]
+    kept = table[table["subject_id"] == "IXI013-HH-1212_T1"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, before)
+    fraction = np.asarray(nib.load(out / "cohort" / "layer1_expert_fraction_space-MNI.nii.gz").dataobj)
+    assert np.any(np.isclose(fraction, 0.5))  # the cohort now holds both scans (their maps differ)
+
+    result = runner.invoke(app, ["maps", str(second), *common], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "replacing the maps" in result.output and "2 scans of the earlier run" in result.output
+    assert list(pd.read_csv(out / "predictions.csv")["subject_id"]) == ["IXI014-HH-1236_T1"]
+    fraction = np.asarray(nib.load(out / "cohort" / "layer1_expert_fraction_space-MNI.nii.gz").dataobj)
+    assert set(np.unique(fraction)) <= {0.0, 1.0}  # one scan in the cohort
