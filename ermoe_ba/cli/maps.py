@@ -36,6 +36,7 @@ def run_maps(
     resume: bool = False,
 ) -> int:
     """Predict with routing capture, then write maps, tables and the report. Returns the exit code."""
+    from ermoe_ba.cli.predict import report_failures
     from ermoe_ba.inference.predictor import BrainAgePredictor
     from ermoe_ba.inference.table import read_table
     from ermoe_ba.interpret.scans import map_scans
@@ -60,6 +61,7 @@ def run_maps(
         workers=workers,
         progress=not quiet,
         resume=resume,
+        on_batch=report_failures,
     )
     if result is None:
         typer.echo("error: no scan could be conformed; see predictions.csv for the reasons", err=True)

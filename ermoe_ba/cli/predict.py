@@ -9,11 +9,18 @@ import typer
 
 from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app
 
-__all__ = ["predict"]
+__all__ = ["predict", "report_failures"]
 
 
 def _part_path(out: Path, rank: int, world: int) -> Path:
     return out.with_name(f"{out.stem}.part{rank}of{world}{out.suffix}")
+
+
+def report_failures(rows: list[dict]) -> None:
+    """Say on stderr, one line each, why scans of a finished batch got no age (also with --quiet)."""
+    for row in rows:
+        if row["status"] != "ok":
+            typer.echo(f"{row['status']}: {row['error']}", err=True)
 
 
 def run_predict(
@@ -60,6 +67,7 @@ def run_predict(
         progress=not quiet,
     ):
         table.add(rows)
+        report_failures(rows)
     frame = merge_tables([target], target)  # rows sorted by subject id, as the merge of parts
     if world > 1:
         import torch.distributed as dist
