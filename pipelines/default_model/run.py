@@ -12,7 +12,8 @@ and fits the stored age-bias correction on the method's out-of-fold predictions 
 (the ``out_of_fold.csv`` the CV writes beside its fold files), instead of on ~19 validation scans.
 ``--combine`` trains nothing: it averages member checkpoints made with ``--all-scans`` into one
 ensemble (:func:`ermoe_ba.training.combine.combine_checkpoints`), its correction fitted on the
-ensemble's out-of-fold table that ``bench/ensemble_cv.py`` writes.
+ensemble's out-of-fold table that ``bench/ensemble_cv.py`` writes. An existing checkpoint of the
+same ``--name`` is replaced only with ``--overwrite`` (the defaults name the bundled model's file).
 
 The shipped model (v7) is the hybrid ``ermoe_whitened_two_stems_and_pca_ridge``: two ERMoE-ba
 models with the whitened eigenbasis score that differ in their stem, trained at the same time, one
@@ -31,7 +32,7 @@ combined::
     python bench/ensemble_cv.py   # the ensemble's out-of-fold table, from the members' CV runs
     python pipelines/default_model/run.py --combine runs/default_members/ermoe_whitened.safetensors \
         runs/default_members/ermoe_whitened_conv_pool.safetensors runs/default_members/voxel_ridge.safetensors \
-        --cv-results bench/results/ensemble_cv.json --method ermoe_whitened_two_stems_and_pca_ridge
+        --cv-results bench/results/ensemble_cv.json --method ermoe_whitened_two_stems_and_pca_ridge --overwrite
 
 The previous default v6 is the same with the plain score: members ``ermoe_150`` of
 ``bench/results/probes/long_training/`` and ``ermoe_conv_pool`` of
@@ -96,6 +97,12 @@ def main() -> None:
         "--cv-results (e.g. bench/results/ensemble_cv.json and ermoe_two_stems)",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing checkpoint of that --name in --weights-dir (by default the run stops before "
+        "training, so a bare run cannot replace the bundled model)",
+    )
+    parser.add_argument(
         "--shift-average",
         default="none",
         help="With --combine: the shift averaging stored as the ensemble's default (its out_of_fold.csv must "
@@ -105,6 +112,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     checkpoint = args.weights_dir / f"{args.name}.safetensors"
+    if checkpoint.exists() and not (args.register_only or args.overwrite):
+        raise SystemExit(f"{checkpoint} exists: pass --overwrite to replace it, or another --name / --weights-dir")
     previous: dict = {}  # the manifest entry being refreshed (register-only keeps its training facts)
     if args.combine:
         correction = out_of_fold_correction(args.cv_results, args.method)
