@@ -23,9 +23,10 @@ def atomic_path(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a hidden sibling of ``path`` that keeps its suffixes, then rename.
 
     The temporary name ends like the target, so format-by-suffix writers (nibabel, numpy,
-    safetensors, pandas) behave as for the real name. A failure leaves no temporary file. The
-    result gets the permissions of a normally created file (``0o666`` minus the umask), also when
-    the writer made its file private (safetensors does).
+    safetensors, pandas) behave as for the real name. The data reach the disk before the rename,
+    so a power cut cannot leave an empty file under the real name. A failure leaves no temporary
+    file. The result gets the permissions of a normally created file (``0o666`` minus the umask),
+    also when the writer made its file private (safetensors does).
 
     Examples
     --------
@@ -37,10 +38,19 @@ def atomic_path(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
+        _flush_to_disk(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _flush_to_disk(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,23 @@ def test_a_private_file_from_the_writer_gets_normal_permissions(tmp_path: Path) 
     finally:
         os.umask(previous)
     assert out.stat().st_mode & 0o777 == 0o666 & ~previous
+
+
+def test_the_data_are_flushed_to_disk_before_the_rename(tmp_path: Path, monkeypatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def replace(source, target) -> None:
+        events.append(("replace", str(source)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_path(tmp_path / "table.csv", lambda tmp: tmp.write_text("a,b\n"))
+    assert [kind for kind, _ in events] == ["fsync", "replace"]
+    assert events[0][1] == events[1][1]  # the temporary file itself was flushed, then renamed
+    assert (tmp_path / "table.csv").read_text() == "a,b\n"
