@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import typer
@@ -135,12 +136,20 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", "-j", min=0, help=WORKERS_HELP),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Conformed-volume cache folder."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue a killed run of the same command from its training state (OUT.train-state/, "
+        "rewritten after every epoch and removed once the checkpoint is written).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a brain-age model and write a self-describing checkpoint.
 
     Runs as one process or under ``torchrun --nproc-per-node N`` (DDP). Prints the validation
-    metrics as one JSON line. Exit code 2 on usage errors.
+    metrics as one JSON line. Exit code 2 on usage errors. The training state is kept after every
+    epoch, so ``--resume`` continues a killed run and ends with the checkpoint an uninterrupted
+    run writes.
     """
     from ermoe_ba.data.discovery import DiscoveryError
     from ermoe_ba.models.config import PreprocessConfig
@@ -148,7 +157,7 @@ def train(
     from ermoe_ba.training.bias import bias_correction_from_table
     from ermoe_ba.training.config import TrainConfig, member_model_overrides
     from ermoe_ba.training.data import load_cohort
-    from ermoe_ba.training.distributed import cleanup_distributed, init_distributed, is_main_process
+    from ermoe_ba.training.distributed import barrier, cleanup_distributed, init_distributed, is_main_process
     from ermoe_ba.training.run import check_validation_split, train_brain_age
     from ermoe_ba.training.voxel_ridge import train_voxel_ridge
 
@@ -172,6 +181,11 @@ def train(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     init_distributed()
+    state_dir = out.with_name(out.name + ".train-state")
+    if not resume and is_main_process() and state_dir.exists():
+        typer.echo(f"starting afresh: removing the earlier run's state {state_dir} (--resume continues it)", err=True)
+        shutil.rmtree(state_dir)
+    barrier()
     try:
         data = load_cohort(inputs, ages, PreprocessConfig(), cache_dir, progress=progress, workers=workers)
         if model == "voxel_ridge":
@@ -183,7 +197,7 @@ def train(
         else:
             result = train_brain_age(
                 data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds,
-                bias_correction=correction, member_overrides=member_overrides,
+                bias_correction=correction, member_overrides=member_overrides, state_dir=state_dir,
             )  # fmt: skip
             path, metrics = result.checkpoint, result.val_metrics
     except (DiscoveryError, ValueError) as err:

@@ -116,6 +116,17 @@ class _MonaiTransforms(NamedTuple):
     flip: Any | None
 
 
+def _numpy_rng_state(rng: Any) -> dict[str, Any]:
+    """A NumPy RandomState's state as tensors and numbers (loadable with ``weights_only=True``)."""
+    _, keys, position, has_gauss, cached = rng.get_state()
+    return {"keys": torch.from_numpy(keys.astype("int64")), "pos": position, "has_gauss": has_gauss, "cached": cached}
+
+
+def _numpy_rng_from_state(state: dict[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype("uint32")
+    return ("MT19937", keys, state["pos"], state["has_gauss"], state["cached"])
+
+
 def whole_voxel_shift(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Translate each sample by whole voxels, filling with zeros: ``offsets`` is ``(b, 3)`` ints."""
     out = torch.zeros_like(x)
@@ -167,6 +178,37 @@ class BatchAugment:
         self.generator = torch.Generator().manual_seed(seed)
         self._monai = self._build_monai(seed) if self.config.kind == "monai" else None
         self._bank: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random streams (this generator's, the noise bank, the MONAI transforms'), to resume a training."""
+        return {
+            "generator": self.generator.get_state(),
+            "noise_bank": self._bank,
+            "monai": [_numpy_rng_state(t.R) for t in self._monai_randomizables()],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the random streams saved by :meth:`state_dict`."""
+        self.generator.set_state(state["generator"])
+        self._bank = state["noise_bank"]
+        transforms = self._monai_randomizables()
+        if len(transforms) != len(state["monai"]):
+            raise ValueError("augmentation state of another augmentation recipe")
+        for transform, saved in zip(transforms, state["monai"], strict=True):
+            transform.R.set_state(_numpy_rng_from_state(saved))
+
+    def _monai_randomizables(self) -> list[Any]:
+        """The MONAI transforms with a random stream, and those they hold (RandAffine's grid)."""
+        if self._monai is None:
+            return []
+        from monai.transforms import Randomizable
+
+        tops = [self._monai.affine, *self._monai.intensity, *([self._monai.flip] if self._monai.flip else [])]
+        found = []
+        for top in tops:
+            found.append(top)
+            found += [v for v in vars(top).values() if isinstance(v, Randomizable)]
+        return found
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.generator)

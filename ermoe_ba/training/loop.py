@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from ermoe_ba.routing.trace import RoutingTrace
 from ermoe_ba.training.augment import BatchAugment
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.distributed import is_main_process, rank, resolve_device, world_size
+from ermoe_ba.training.resume import load_raw_tensors, load_training_state, raw_tensors, save_training_state
 from ermoe_ba.training.shift_average import standardized_ages
 
 __all__ = ["FitResult", "TargetScaler", "fit", "lr_lambda", "param_groups", "predict"]
@@ -165,6 +167,7 @@ def fit(
     val_volumes: torch.Tensor | None = None,
     val_ages: np.ndarray | None = None,
     config: TrainConfig | None = None,
+    state_path: str | Path | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``(n, 1, R, A, S)`` volumes and ages; keep the best epoch.
 
@@ -178,6 +181,11 @@ def fit(
         Validation scans for early stopping; without them the last epoch is kept.
     config
         The recipe; :class:`TrainConfig` defaults when None.
+    state_path
+        Keep the training state in this file, rewritten atomically after every epoch
+        (:mod:`~ermoe_ba.training.resume`). If it exists, training continues from it and ends
+        with the weights of an uninterrupted run; a state of another recipe or model raises
+        ValueError. None keeps no state.
 
     Examples
     --------
@@ -217,9 +225,28 @@ def fit(
     scored = ema.module if ema is not None else model
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
+    first_epoch, stopped, earlier_seconds = 0, False, 0.0
+    if state_path is not None and Path(state_path).is_file():
+        state = load_training_state(state_path, cfg)
+        try:
+            load_raw_tensors(model, state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"{state_path}: saved for another model ({str(err).splitlines()[0]})") from None
+        schedule.load_state_dict(state["schedule"])
+        if ema is not None:
+            load_raw_tensors(ema, state["ema"])
+        augment.load_state_dict(state["augment"])
+        result.history, result.best_epoch = state["history"], state["best_epoch"]
+        result.best_val_mae = state["best_val_mae"]
+        best_state, since_best = state["best_state"], state["since_best"]
+        first_epoch, stopped, earlier_seconds = state["next_epoch"], state["stopped"], state["seconds"]
+
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not (cfg.progress and is_main_process()))
+    epochs = range(first_epoch, first_epoch if stopped else cfg.epochs)
+    show = cfg.progress and is_main_process()
+    bar = tqdm(epochs, desc="train", unit="epoch", initial=first_epoch, total=cfg.epochs, disable=not show)
     for epoch in bar:
         net.train()
         order = torch.randperm(train_volumes.shape[0], generator=torch.Generator().manual_seed(cfg.seed + epoch))
@@ -265,7 +292,17 @@ def fit(
                 since_best += 1
         result.history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_mae")})
-        if cfg.patience and since_best >= cfg.patience:
+        stopped = bool(cfg.patience and since_best >= cfg.patience)
+        if state_path is not None:
+            state = {
+                "next_epoch": epoch + 1, "stopped": stopped, "seconds": earlier_seconds + time.perf_counter() - start,
+                "model": raw_tensors(model), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "ema": None if ema is None else raw_tensors(ema), "augment": augment.state_dict(),
+                "history": result.history, "best_epoch": result.best_epoch, "best_val_mae": result.best_val_mae,
+                "best_state": best_state, "since_best": since_best,
+            }  # fmt: skip
+            save_training_state(state_path, state, cfg)
+        if stopped:
             break
     if best_state is None:  # keep="last" or no validation: the last epoch (its weight average with EMA)
         result.best_epoch = len(result.history) - 1
@@ -273,5 +310,5 @@ def fit(
         best_state = ema.module.state_dict() if ema is not None else None
     if best_state is not None:
         model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - start
+    result.seconds = earlier_seconds + time.perf_counter() - start
     return result

@@ -9,6 +9,7 @@ correction comes from held-out predictions of the same recipe, passed in as ``bi
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.checkpoint import build_meta, save_checkpoint
 from ermoe_ba.training.config import TrainConfig, member_configs, member_model_overrides
 from ermoe_ba.training.data import VolumeSet
-from ermoe_ba.training.distributed import barrier, is_main_process
+from ermoe_ba.training.distributed import barrier, is_main_process, rank, world_size
 from ermoe_ba.training.loop import FitResult, fit, predict
 from ermoe_ba.training.metrics import brain_age_metrics
 from ermoe_ba.training.splits import train_val_split
@@ -64,6 +65,7 @@ def train_brain_age(
     seeds: int = 1,
     bias_correction: AgeBiasCorrection | None = None,
     member_overrides: Sequence[dict[str, Any]] | None = None,
+    state_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model_name`` on the scans of ``data`` that have an age and save a checkpoint.
 
@@ -95,6 +97,12 @@ def train_brain_age(
         :func:`~ermoe_ba.training.config.member_model_overrides`), e.g. ``[{}, {"stem":
         "conv_pool", "stem_width": 8}]`` for an ensemble of two stems; member ``j`` trains with
         seed ``config.seed + 1000 * j``. The checkpoint records every member's architecture.
+    state_dir
+        Keep each member's training state here (``member<j>.pt``; ``member<j>.rank<r>.pt`` under
+        torchrun), rewritten after every epoch, and continue from the states found there: a
+        killed run started again with the same arguments ends with the checkpoint an
+        uninterrupted run writes (members already finished are not trained again). The folder
+        is removed once the checkpoint is saved. None keeps no state.
 
     Examples
     --------
@@ -118,10 +126,13 @@ def train_brain_age(
     recipes = member_configs(cfg, len(variants))
     vol, ages = data.volumes, data.ages
     members, results = [], []
-    for member_cfg, variant in zip(recipes, variants, strict=True):
+    for j, (member_cfg, variant) in enumerate(zip(recipes, variants, strict=True)):
         torch.manual_seed(member_cfg.seed)
         members.append(create_model(model_name, preprocess=data.preprocess, **variant))
-        results.append(fit(members[-1], vol[train_idx], ages[train_idx], vol[val_idx], ages[val_idx], member_cfg))
+        state = None if state_dir is None else Path(state_dir) / _state_name(j)
+        results.append(
+            fit(members[-1], vol[train_idx], ages[train_idx], vol[val_idx], ages[val_idx], member_cfg, state)
+        )
     model = members[0] if len(members) == 1 else ModelEnsemble(members)
     result = results[0]  # the target scaling is the same for every member (same training scans)
     device = next(model.parameters()).device
@@ -156,7 +167,13 @@ def train_brain_age(
     if output is not None and is_main_process():
         path = save_checkpoint(output, model, meta)
     barrier()
+    if state_dir is not None and output is not None and is_main_process():
+        shutil.rmtree(state_dir, ignore_errors=True)  # the checkpoint holds all a rerun would need
     return TrainResult(path, result, correction, val_metrics, meta, model)
+
+
+def _state_name(member: int) -> str:
+    return f"member{member}.rank{rank()}.pt" if world_size() > 1 else f"member{member}.pt"
 
 
 def describe_training_data(data: VolumeSet, train_idx: np.ndarray, val_idx: np.ndarray) -> dict[str, Any]:

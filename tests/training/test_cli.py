@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ermoe_ba.cli.main import app
@@ -174,3 +175,41 @@ def test_train_then_evaluate_on_real_scans(tmp_path, real_scans):
     expected = np.mean(copies, axis=0)
     np.testing.assert_allclose(shifted.loc[real_scans.subject_ids, "predicted_age"], expected, atol=1e-3)
     assert np.abs(expected - preds.set_index("subject_id").loc[real_scans.subject_ids, "predicted_age"]).max() > 1e-3
+
+
+def test_resume_continues_a_killed_training_to_the_uninterrupted_checkpoint(tmp_path, real_scans, monkeypatch):
+    import ermoe_ba.training.loop as loop
+    from ermoe_ba.training.checkpoint import load_checkpoint
+
+    table = _scans_table(tmp_path, real_scans)
+    recipe = ["--epochs", "2", "--batch-size", "2", "--no-progress", "--val-fraction", "0.25", "--keep", "last"]
+    straight, ckpt = tmp_path / "straight.safetensors", tmp_path / "model.safetensors"
+    assert runner.invoke(app, ["train", str(table), "-o", str(straight), *recipe]).exit_code == 0
+
+    real_save = loop.save_training_state
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after the first epoch's state was written
+
+    monkeypatch.setattr(loop, "save_training_state", save_then_die)
+    killed = runner.invoke(app, ["train", str(table), "-o", str(ckpt), *recipe])
+    assert killed.exit_code != 0 and not ckpt.exists()
+    state_dir = tmp_path / "model.safetensors.train-state"
+    assert (state_dir / "member0.pt").is_file()
+    monkeypatch.undo()
+
+    other_recipe = runner.invoke(app, ["train", str(table), "-o", str(ckpt), *recipe, "--lr", "0.01", "--resume"])
+    assert other_recipe.exit_code == 2 and "another recipe (lr: 0.001 there, 0.01 now)" in other_recipe.output
+    result = runner.invoke(app, ["train", str(table), "-o", str(ckpt), *recipe, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert not state_dir.exists()
+    assert [h["epoch"] for h in read_meta(ckpt)["history"]] == [0, 1]
+    expected, got = load_checkpoint(straight)[0].state_dict(), load_checkpoint(ckpt)[0].state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+    state_dir.mkdir()
+    (state_dir / "member0.pt").write_bytes(b"left over")
+    fresh = runner.invoke(app, ["train", str(table), "-o", str(ckpt), *recipe])
+    assert fresh.exit_code == 0 and "starting afresh" in fresh.output and not state_dir.exists()
