@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,9 @@ OUT_OF_FOLD_FILE = "out_of_fold.csv"
 log = logging.getLogger(__name__)
 
 
-def run_fold(method: Method, data: VolumeSet, split: FoldSplit, shift_radius: int = 0) -> dict[str, Any]:
+def run_fold(
+    method: Method, data: VolumeSet, split: FoldSplit, shift_radius: int = 0, state_dir: Path | None = None
+) -> dict[str, Any]:
     """Train and test ``method`` on one fold; fit the bias correction without the test scans.
 
     The result also records how far the test predictions move under the perturbations of
@@ -57,9 +60,10 @@ def run_fold(method: Method, data: VolumeSet, split: FoldSplit, shift_radius: in
     predictor's test scans are also predicted mirrored left-right (``"mirror_average"``: the
     mirrored predictions and the mean of each scan's two predictions, scored), which costs one
     more pass over the test scans and says how much a model's prediction depends on the side.
+    ``state_dir`` goes to the method's ``fit_predict`` (training state of a killed fold).
     """
     start = time.perf_counter()
-    out = method.fit_predict(data, split)
+    out = method.fit_predict(data, split, state_dir)
     ages = data.ages
     calib_pred = np.full(len(data), np.nan)
     calib_pred[out.calibration_index] = out.calibration_pred
@@ -129,6 +133,9 @@ def cross_validate(
 ) -> dict[str, list[dict[str, Any]]]:
     """Run every method on every fold, fold by fold (skipping finished ones when ``resume``).
 
+    A fold in progress keeps its training state in ``<method>/fold<k>.train-state/`` (removed
+    when the fold is written), so with ``resume`` a killed run continues it from its last epoch.
+
     ``shift_radius`` is passed to :func:`run_fold` (0: no shift-averaged predictions).
 
     Returns
@@ -150,8 +157,10 @@ def cross_validate(
                     continue
                 log.warning("%s was made with other settings; running it again", path)
             log.info("running %s fold %d", method.name, split.fold)
-            result = run_fold(method, data, split, shift_radius)
+            state_dir = _fold_state_dir(path, method, resume)
+            result = run_fold(method, data, split, shift_radius, state_dir)
             write_json_atomic(path, result)
+            shutil.rmtree(state_dir, ignore_errors=True)
             results[method.name].append(result)
             m = result["metrics"]
             log.info(
@@ -167,6 +176,19 @@ def cross_validate(
             table = out_of_fold_table(done).to_csv(index=False)
             write_text_atomic(table, out_dir / name / OUT_OF_FOLD_FILE)
     return results
+
+
+def _fold_state_dir(fold_file: Path, method: Method, resume: bool) -> Path:
+    """The fold's training-state folder: kept to continue from only if made with the same settings."""
+    state_dir = fold_file.with_name(fold_file.stem + ".train-state")
+    settings = state_dir / "settings.json"
+    if state_dir.exists() and not (resume and settings.is_file() and made_with_current_settings(
+        {"settings": json.loads(settings.read_text())}, method
+    )):  # fmt: skip
+        log.warning("%s: not continued (other settings or no --resume); starting the fold afresh", state_dir)
+        shutil.rmtree(state_dir)
+    write_json_atomic(settings, method.describe())
+    return state_dir
 
 
 def out_of_fold_table(fold_results: Sequence[dict[str, Any]]) -> pd.DataFrame:

@@ -227,7 +227,7 @@ def fit(
 
     first_epoch, stopped, earlier_seconds = 0, False, 0.0
     if state_path is not None and Path(state_path).is_file():
-        state = load_training_state(state_path, cfg)
+        state = load_training_state(state_path, cfg, model)
         try:
             load_raw_tensors(model, state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -301,7 +301,7 @@ def fit(
                 "history": result.history, "best_epoch": result.best_epoch, "best_val_mae": result.best_val_mae,
                 "best_state": best_state, "since_best": since_best,
             }  # fmt: skip
-            save_training_state(state_path, state, cfg)
+            save_training_state(state_path, state, cfg, model)
         if stopped:
             break
     if best_state is None:  # keep="last" or no validation: the last epoch (its weight average with EMA)

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -50,11 +51,15 @@ class FoldPrediction:
 
 
 class Method(Protocol):
-    """Anything with a ``name`` and ``fit_predict(data, split) -> FoldPrediction``."""
+    """Anything with a ``name`` and ``fit_predict(data, split, state_dir) -> FoldPrediction``.
+
+    ``state_dir`` is a folder the method may keep its training state in, to continue a killed
+    fold from it (None: keep none).
+    """
 
     name: str
 
-    def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction: ...
+    def fit_predict(self, data: VolumeSet, split: FoldSplit, state_dir: Path | None = None) -> FoldPrediction: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -116,12 +121,19 @@ class DeepMethod:
         chosen = self.model_overrides if overrides is None else overrides
         return create_model(self.model_name, preprocess=data.preprocess, **chosen)
 
-    def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
-        """Train on ``split.train`` (early stopping on ``split.val``), predict val and test."""
+    def fit_predict(self, data: VolumeSet, split: FoldSplit, state_dir: Path | None = None) -> FoldPrediction:
+        """Train on ``split.train`` (early stopping on ``split.val``), predict val and test.
+
+        With ``state_dir``, member ``j`` keeps its training state in ``member<j>.pt`` there and
+        continues from it (:func:`~ermoe_ba.training.loop.fit`).
+        """
         fold_recipe = dataclasses.replace(self.train, seed=self.train.seed + split.fold)
         variants = self.variants
         recipes = member_configs(fold_recipe, len(variants))
-        members = [self._fit_member(data, split, cfg, variant) for cfg, variant in zip(recipes, variants, strict=True)]
+        members = [
+            self._fit_member(data, split, cfg, variant, None if state_dir is None else state_dir / f"member{j}.pt")
+            for j, (cfg, variant) in enumerate(zip(recipes, variants, strict=True))
+        ]
         val_pred = np.mean([m["val_pred"] for m in members], axis=0)
         test_pred = np.mean([m["test_pred"] for m in members], axis=0)
         first = members[0]["info"]
@@ -140,13 +152,13 @@ class DeepMethod:
         return FoldPrediction(split.val, val_pred, test_pred, info, predictor)
 
     def _fit_member(
-        self, data: VolumeSet, split: FoldSplit, cfg: TrainConfig, overrides: dict[str, Any]
+        self, data: VolumeSet, split: FoldSplit, cfg: TrainConfig, overrides: dict[str, Any], state: Path | None
     ) -> dict[str, Any]:
         from ermoe_ba.routing.metrics import load_metrics
 
         model = self.build(data, cfg.seed, overrides)
         vol, ages = data.volumes, data.ages
-        result = fit(model, vol[split.train], ages[split.train], vol[split.val], ages[split.val], cfg)
+        result = fit(model, vol[split.train], ages[split.train], vol[split.val], ages[split.val], cfg, state)
         device = next(model.parameters()).device
         val_pred, _ = predict(model, vol[split.val], result.scaler, cfg.eval_batch_size, device)
         start = time.perf_counter()
@@ -201,8 +213,8 @@ class ClassicalMethod:
     inner_folds: int = 5
     seed: int = 0
 
-    def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
-        """Fit on train+val, predict test; calibration = inner-CV predictions of train+val."""
+    def fit_predict(self, data: VolumeSet, split: FoldSplit, state_dir: Path | None = None) -> FoldPrediction:
+        """Fit on train+val, predict test; calibration = inner-CV predictions of train+val (seconds: no state)."""
         start = time.perf_counter()
         fit_idx = np.sort(np.concatenate([split.train, split.val]))
         model = PcaRidgeBrainAge(self.factor, self.n_components, inner_folds=self.inner_folds, seed=self.seed)

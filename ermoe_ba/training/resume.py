@@ -19,6 +19,7 @@ from ermoe_ba.training.config import TrainConfig
 
 __all__ = [
     "STATE_VERSION",
+    "architecture_of",
     "load_raw_tensors",
     "load_training_state",
     "raw_tensors",
@@ -74,20 +75,38 @@ def load_raw_tensors(module: torch.nn.Module, saved: dict[str, torch.Tensor]) ->
             tensor.copy_(saved[name])
 
 
-def save_training_state(path: str | Path, state: dict[str, Any], config: TrainConfig) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists, dicts) with the recipe, atomically."""
-    payload = {"version": STATE_VERSION, "recipe": recipe_of(config), "random": random_streams(), **state}
+def architecture_of(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The model's :class:`~ermoe_ba.models.config.ModelConfig` as a dict (None for other modules)."""
+    config = getattr(model, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else None
+
+
+def save_training_state(path: str | Path, state: dict[str, Any], config: TrainConfig, model: torch.nn.Module) -> Path:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) with the recipe and architecture, atomically."""
+    payload = {
+        "version": STATE_VERSION,
+        "recipe": recipe_of(config),
+        "architecture": architecture_of(model),
+        "random": random_streams(),
+        **state,
+    }
     return atomic_path(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_training_state(path: str | Path, config: TrainConfig) -> dict[str, Any]:
-    """Read a state written by :func:`save_training_state` for a run with ``config``.
+def _differences(saved: dict[str, Any] | None, wanted: dict[str, Any] | None) -> str:
+    saved, wanted = saved or {}, wanted or {}
+    keys = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in keys)
+
+
+def load_training_state(path: str | Path, config: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """Read a state written by :func:`save_training_state` for ``model`` trained with ``config``.
 
     Raises
     ------
     ValueError
-        The file is not a training state, or it was made with another recipe (the message names
-        the settings that differ).
+        The file is not a training state, or it was made with another recipe or architecture
+        (the message names the settings that differ).
     """
     path = Path(path)
     try:
@@ -96,12 +115,14 @@ def load_training_state(path: str | Path, config: TrainConfig) -> dict[str, Any]
         raise ValueError(f"{path}: not a readable training state ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: not a training state of this ermoe-ba version")
-    saved, wanted = state["recipe"], recipe_of(config)
-    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-    if differ:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differ)
-        raise ValueError(
-            f"{path}: saved by a run with another recipe ({shown}); rerun with the same options or delete the file"
-        )
+    for what, saved, wanted in (
+        ("recipe", state["recipe"], recipe_of(config)),
+        ("model", state["architecture"], architecture_of(model)),
+    ):
+        shown = _differences(saved, wanted)
+        if shown:
+            raise ValueError(
+                f"{path}: saved by a run with another {what} ({shown}); rerun with the same options or delete the file"
+            )
     restore_random_streams(state["random"])
     return state

@@ -33,7 +33,7 @@ class BrainMeanMethod:
     calls: list[int] = field(default_factory=list)
     predictor: Callable[[torch.Tensor], np.ndarray] | None = None  # exposed to the CV's test-time measures
 
-    def fit_predict(self, data: VolumeSet, split: FoldSplit) -> FoldPrediction:
+    def fit_predict(self, data: VolumeSet, split: FoldSplit, state_dir=None) -> FoldPrediction:
         self.calls.append(split.fold)
         feature = data.volumes.float().mean(dim=(1, 2, 3, 4)).numpy()
         slope, intercept = np.polyfit(feature[split.train], data.ages[split.train], 1)
@@ -279,3 +279,38 @@ def test_building_a_method_leaves_its_config_entry_unchanged():
     first, second = method_from_dict(spec), method_from_dict(spec)
     assert first.train.augment.blur_prob == second.train.augment.blur_prob == 0.5
     assert spec["train"] == {"augment": {"blur_prob": 0.5}}
+
+
+def test_a_killed_fold_continues_from_its_last_epoch(tmp_path, synthetic, folds, monkeypatch):
+    import ermoe_ba.training.loop as loop
+
+    recipe = TrainConfig(epochs=3, batch_size=8, progress=False, num_threads=1, augment=AugmentConfig(shift=2))
+    tiny = {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "depth": 2}
+    method = DeepMethod("tiny", "ermoe_ba_tiny", tiny, recipe)
+    expected = cross_validate([method], synthetic, folds[:1], tmp_path / "straight")["tiny"][0]
+
+    real_save, saved = loop.save_training_state, []
+
+    def save_then_die(path, state, config, model):
+        real_save(path, state, config, model)
+        saved.append(state["next_epoch"])
+        if state["next_epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate([method], synthetic, folds[:1], tmp_path / "run")
+    state_dir = tmp_path / "run" / "tiny" / "fold0.train-state"
+    assert (state_dir / "member0.pt").is_file()
+    got = cross_validate([method], synthetic, folds[:1], tmp_path / "run")["tiny"][0]
+    assert saved == [1, 2, 3]  # the rerun trained only the last epoch
+    assert got["predicted"] == expected["predicted"] and not state_dir.exists()
+
+    saved.clear()
+    monkeypatch.setattr(loop, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate([method], synthetic, folds[:1], tmp_path / "changed")
+    method.train = dataclasses.replace(recipe, lr=3e-4)  # the kept state is of the old recipe: start afresh
+    monkeypatch.undo()
+    again = cross_validate([method], synthetic, folds[:1], tmp_path / "changed")["tiny"][0]
+    assert again["settings"]["train"]["lr"] == 3e-4 and len(again["history"]) == 3
