@@ -2,7 +2,8 @@
 
     python pipelines/brain_age_cv/run.py --out runs/brain_age_cv [--methods ermoe sfcn] [--folds 0 1]
 
-Results per method and fold land in ``--out`` as they finish; rerunning skips finished ones.
+Results per method and fold land in ``--out`` as they finish; rerunning skips finished ones and
+continues a fold that was killed from its last finished epoch (``<method>/fold<k>.train-state/``).
 """
 
 from __future__ import annotations
