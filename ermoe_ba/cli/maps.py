@@ -112,7 +112,7 @@ def maps(
         code = run_maps(
             inputs, out, model, atlas, chosen, device, ages, batch_size, workers, not no_native, quiet, resume
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     raise typer.Exit(code)

@@ -5,6 +5,7 @@ The CLI (``ermoe-ba predict``) and notebooks use this class in exactly the same 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class BrainAgePredictor:
         self.cache_dir = default_cache_dir() if cache_dir is None else (cache_dir or None)
         self.shift_average = checkpoint_shift_average(meta) if shift_average is None else shift_average
         self.offsets = named_offsets(self.shift_average)
+        self.checkpoint_sha256: str | None = None  # set when loaded from a file: names the weights
 
     @classmethod
     def from_pretrained(
@@ -92,9 +94,11 @@ class BrainAgePredictor:
         shift_average: str | None = None,
     ) -> BrainAgePredictor:
         """Load a bundled model by name (``"default"``) or a checkpoint file."""
-        model, meta = load_checkpoint(resolve_checkpoint(name_or_path), map_location="cpu")
+        path = resolve_checkpoint(name_or_path)
+        model, meta = load_checkpoint(path, map_location="cpu")
         predictor = cls(model, meta, device=device, cache_dir=cache_dir, shift_average=shift_average)
         predictor.name = str(name_or_path)
+        predictor.checkpoint_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         return predictor
 
     @property
@@ -159,7 +163,8 @@ class BrainAgePredictor:
             for i, (rec, res) in enumerate(ok):
                 predicted[rec.subject_id] = float(ages[i])
                 if routing_dir is not None and trace is not None:
-                    save_routing(trace, i, Path(routing_dir) / f"{rec.subject_id}.npz", res, self.preprocess)
+                    target = Path(routing_dir) / f"{rec.subject_id}.npz"
+                    save_routing(trace, i, target, res, self.preprocess, self.checkpoint_sha256)
         rows = []
         for rec, res in batch:
             pred = predicted.get(rec.subject_id)

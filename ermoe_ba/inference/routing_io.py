@@ -14,7 +14,7 @@ from ermoe_ba.data.conform import ConformResult
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.routing.trace import LayerTrace, RoutingTrace
 
-__all__ = ["load_routing", "save_routing"]
+__all__ = ["check_routed_by", "load_routing", "save_routing"]
 
 
 def save_routing(
@@ -23,12 +23,14 @@ def save_routing(
     path: str | Path,
     result: ConformResult | None,
     preprocess: PreprocessConfig,
+    model_sha256: str | None = None,
 ) -> Path:
     """Write sample ``index`` of ``trace`` with the grid geometry and the native-space transform.
 
     Arrays per MoE layer ``L``: ``layer{L}_top_k_index (n, k)``, ``layer{L}_top_k_weight
     (n, k)``, ``layer{L}_scores (n, e)``; plus ``grid_size``, ``transform`` (4×4, template ->
-    native world, NaN when unknown) and ``meta`` (JSON: preprocess config, layer indices).
+    native world, NaN when unknown) and ``meta`` (JSON: preprocess config, layer indices, the
+    sha256 of the checkpoint that routed, if known).
     """
     path = Path(path)
     arrays: dict[str, Any] = {}
@@ -44,6 +46,7 @@ def save_routing(
         "preprocess": preprocess.to_dict(),
         "layers": trace.layer_indices,
         "source": None if result is None else str(result.path),
+        "model_sha256": model_sha256,
     }
     arrays["meta"] = np.asarray(json.dumps(meta))
     return atomic_path(path, lambda tmp: np.savez_compressed(tmp, **arrays))
@@ -65,3 +68,14 @@ def load_routing(path: str | Path) -> tuple[RoutingTrace, np.ndarray | None, dic
         grid = tuple(int(g) for g in data["grid_size"]) or None
         transform = data["transform"]
     return RoutingTrace(layers, grid), (None if np.isnan(transform).any() else transform), meta
+
+
+def check_routed_by(path: str | Path, model_sha256: str | None) -> None:
+    """Raise ValueError unless the trace in ``path`` was saved by the checkpoint with this sha256."""
+    with np.load(path, allow_pickle=False) as data:
+        routed_by = json.loads(str(data["meta"])).get("model_sha256")
+    if routed_by != model_sha256:
+        raise ValueError(
+            f"{path}: routed by another model (sha256 {str(routed_by)[:12]}, this run {str(model_sha256)[:12]}); "
+            "continue with that run's --model or write to a new --out"
+        )

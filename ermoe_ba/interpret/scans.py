@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ermoe_ba.inference.predictor import BrainAgePredictor
-from ermoe_ba.inference.routing_io import load_routing
+from ermoe_ba.inference.routing_io import check_routed_by, load_routing
 from ermoe_ba.inference.table import PredictionTable
 from ermoe_ba.interpret.build import MapsResult, build_maps
 from ermoe_ba.interpret.linear_weights import age_weight_img, linear_members
@@ -42,7 +42,8 @@ def map_scans(
     With ``resume=True`` the run continues an earlier one in ``out_dir``: scans already in its
     ``predictions.csv`` (with their routing trace, when they were predicted) are not conformed
     again, and the tables, cohort maps and report cover the earlier scans and the new ones.
-    Without it, the table is replaced and only this run's scans enter the cohort maps.
+    Without it, the table is replaced and only this run's scans enter the cohort maps. Resuming a
+    run made with another checkpoint raises ValueError before anything is written.
 
     Examples
     --------
@@ -53,6 +54,9 @@ def map_scans(
     routing_dir = out / "routing"
     table = PredictionTable(out / "predictions.csv", resume=resume)
     table.keep_only(lambda row: row["status"] != "ok" or (routing_dir / f"{row['subject_id']}.npz").exists())
+    for row in table.rows:  # before anything is written: an earlier run's traces must be of this model
+        if row["status"] == "ok":
+            check_routed_by(routing_dir / f"{row['subject_id']}.npz", predictor.checkpoint_sha256)
     todo = [r for r in records if not table.done(r.subject_id, r.path)]
     for rows in predictor.iter_batches(
         todo, batch_size=batch_size, workers=workers, routing_dir=routing_dir, progress=progress

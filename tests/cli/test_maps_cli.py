@@ -14,7 +14,7 @@ from ermoe_ba.data.cache import default_cache_dir
 from ermoe_ba.data.conform import Conformer
 from ermoe_ba.interpret import expert_label_img
 from ermoe_ba.models import PreprocessConfig
-from ermoe_ba.training.checkpoint import load_checkpoint
+from ermoe_ba.training.checkpoint import load_checkpoint, save_checkpoint
 
 runner = CliRunner()
 
@@ -89,3 +89,14 @@ def test_maps_resume_keeps_the_earlier_scans_and_a_plain_rerun_replaces_them(che
     assert list(pd.read_csv(out / "predictions.csv")["subject_id"]) == ["IXI014-HH-1236_T1"]
     fraction = np.asarray(nib.load(out / "cohort" / "layer1_expert_fraction_space-MNI.nii.gz").dataobj)
     assert set(np.unique(fraction)) <= {0.0, 1.0}  # one scan in the cohort
+
+    model, meta = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    other = save_checkpoint(tmp_path / "other.safetensors", model, meta)
+    table_before = (out / "predictions.csv").read_bytes()
+    args = ["maps", str(first), *common, "--resume", "--model", str(other)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "routed by another model" in result.output
+    assert (out / "predictions.csv").read_bytes() == table_before  # refused before anything was written
+    assert trace_file.stat().st_mtime_ns == written_at  # the earlier run's trace of that scan is untouched
