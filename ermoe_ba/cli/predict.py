@@ -42,6 +42,7 @@ def run_predict(
 ) -> int:
     """Run a prediction job and return the exit code (0 all ok, 1 some not ok)."""
     from ermoe_ba.inference.predictor import BrainAgePredictor
+    from ermoe_ba.inference.provenance import check_same_run, run_description, write_run_description
     from ermoe_ba.inference.sharding import distributed_rank, shard
     from ermoe_ba.inference.table import PredictionTable, merge_tables, read_table
 
@@ -52,8 +53,12 @@ def run_predict(
     discovered = predictor.discover(inputs, ages)
     records = shard(discovered, num_parts, part_id)
     target = _part_path(out, rank, world) if world > 1 else out
-    if not resume and target.exists():  # always said, also with --quiet: the old table goes
+    description = run_description(predictor, register)
+    if resume:
+        check_same_run(target, description)
+    elif target.exists():  # always said, also with --quiet: the old table goes
         typer.echo(f"replacing the existing table {target} (--resume continues it instead)", err=True)
+    write_run_description(target, description)
     table = PredictionTable(target, resume=resume)
     todo = [r for r in records if not table.done(r.subject_id, r.path)]
     if not quiet and len(todo) < len(records):
@@ -77,6 +82,7 @@ def run_predict(
         dist.barrier()
         if rank == 0:
             merge_tables([_part_path(out, r, world) for r in range(world)], out)
+            write_run_description(out, description)
         dist.barrier()
         frame = read_table(out)
         dist.destroy_process_group()

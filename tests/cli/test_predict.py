@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -114,12 +116,19 @@ def test_resume_after_a_killed_run_gives_the_same_table(checkpoint, scans, tmp_p
         _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--batch-size", "1", "-q")
     assert len(read_table(killed)) == 1
     monkeypatch.setattr(BrainAgePredictor, "_predict_batch", real)
+    other_way = _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--resume",
+                         "--shift-average", "axes_1")  # fmt: skip
+    assert other_way.exit_code == 2 and "made otherwise (shift_average 'none' there, 'axes_1' now)" in other_way.output
+    assert len(read_table(killed)) == 1  # refused before a row was added
     resumed = _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--resume")
     assert resumed.exit_code == 0
     assert "resuming: 1 of 3" in resumed.output and "replacing" not in resumed.output
     again = _predict(*inputs, "--out", whole, "--model", checkpoint, "--device", "cpu", "-q")
     assert f"replacing the existing table {whole}" in again.output
     pd.testing.assert_frame_equal(read_table(killed), read_table(whole))
+    sidecar = json.loads(killed.with_suffix(".json").read_text())  # which model made the ages
+    assert sidecar["model_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert sidecar["model"] == str(checkpoint) and sidecar["register"] is True
 
 
 @pytest.mark.slow
