@@ -74,6 +74,8 @@ def check_routed_by(path: str | Path, model_sha256: str | None) -> None:
     """Raise ValueError unless the trace in ``path`` was saved by the checkpoint with this sha256."""
     with np.load(path, allow_pickle=False) as data:
         routed_by = json.loads(str(data["meta"])).get("model_sha256")
+    if routed_by is None and model_sha256 is not None:
+        raise ValueError(f"{path}: saved without the sha256 of its model (an older ermoe-ba); write to a new --out")
     if routed_by != model_sha256:
         raise ValueError(
             f"{path}: routed by another model (sha256 {str(routed_by)[:12]}, this run {str(model_sha256)[:12]}); "
