@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -43,4 +44,14 @@ def fold_scores(folds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "mae_sd": round(mean_sd(fold_mae)["sd"], 3),
         "r_pooled": round(pooled["r"], 3),
         "fold_mae": [round(v, 2) for v in fold_mae],
+    }
+
+
+def paired_differences(differences: Sequence[float]) -> dict[str, Any]:
+    """Count, mean and standard error of paired per-fold differences (shared folds: a lower bound)."""
+    spread = mean_sd(differences)
+    return {
+        "pairs": len(differences),
+        "mean": round(spread["mean"], 3),
+        "standard_error": round(spread["sd"] / math.sqrt(len(differences)), 3),
     }

@@ -21,12 +21,10 @@ Writes ``bench/results/equal_cost_cv.json``.
 from __future__ import annotations
 
 import argparse
-import math
 
-from _report import emit
+from _report import emit, paired_differences
 from ensemble_cv import MAIN, N_FOLDS, RERUN, RESULTS, SFCN_SEED1, SFCN_SEED1_RERUN, WHITENED
 
-from ermoe_ba.training.metrics import mean_sd
 from ermoe_ba.training.posthoc_ensemble import average_fold_predictions, load_fold_results, summarize_ensemble
 
 LINEAR = f"{MAIN}/pca_ridge"
@@ -94,17 +92,12 @@ def main() -> None:
     runs = list(result["runs"].values())
     if runs:
         mean = {name: sum(r["mae"][name] for r in runs) / len(runs) for name in runs[0]["mae"]}
-        spread = mean_sd(fold_differences)
         result["over_runs"] = {
             "runs": len(runs),
             "mae": {name: round(value, 3) for name, value in mean.items()},
             "gain_pair_percent": _gain(mean["ermoe_pair"], mean["cnn_pair"]),
             "gain_hybrid_percent": _gain(mean["ermoe_hybrid"], mean["cnn_hybrid"]),
-            "hybrid_fold_difference_y": {
-                "pairs": len(fold_differences),
-                "mean": round(spread["mean"], 3),
-                "standard_error": round(spread["sd"] / math.sqrt(len(fold_differences)), 3),
-            },
+            "hybrid_fold_difference_y": paired_differences(fold_differences),
         }
     emit(result, None if args.no_save else RESULTS / "equal_cost_cv.json")
 

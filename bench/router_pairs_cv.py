@@ -21,13 +21,11 @@ Writes ``bench/results/router_pairs_cv.json``.
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
-from _report import emit
+from _report import emit, paired_differences
 from ensemble_cv import N_FOLDS, RERUN, RESULTS, STEM, WHITENED
 
-from ermoe_ba.training.metrics import mean_sd
 from ermoe_ba.training.posthoc_ensemble import load_fold_results
 
 RUNS: dict[str, dict[str, str]] = {
@@ -84,17 +82,12 @@ def main() -> None:
     runs = list(result["runs"].values())
     if runs:
         mean = {kind: float(np.mean([r["mae"][kind] for r in runs])) for kind in ("ermoe", "softmax")}
-        spread = mean_sd(differences)
         result["over_runs"] = {
             "runs": len(runs),
             "mae": {kind: round(value, 3) for kind, value in mean.items()},
             "gain_percent": round(100 * (1 - mean["ermoe"] / mean["softmax"]), 1),
             "runs_ermoe_better": sum(r["mae"]["ermoe"] < r["mae"]["softmax"] for r in runs),
-            "fold_difference_y": {
-                "pairs": len(differences),
-                "mean": round(spread["mean"], 3),
-                "standard_error": round(spread["sd"] / math.sqrt(len(differences)), 3),
-            },
+            "fold_difference_y": paired_differences(differences),
         }
     emit(result, None if args.no_save else RESULTS / "router_pairs_cv.json")
 
