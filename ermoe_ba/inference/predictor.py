@@ -5,7 +5,6 @@ The CLI (``ermoe-ba predict``) and notebooks use this class in exactly the same 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 from ermoe_ba.data.cache import default_cache_dir
 from ermoe_ba.data.conform import Conformer, ConformResult, conform_records
 from ermoe_ba.data.discovery import ScanRecord, discover, subject_id_from_path
-from ermoe_ba.inference.pretrained import DEFAULT_MODEL, resolve_checkpoint
+from ermoe_ba.inference.pretrained import DEFAULT_MODEL, resolve_checkpoint, sha256_of
 from ermoe_ba.inference.routing_io import save_routing
 from ermoe_ba.inference.table import PREDICTION_COLUMNS
 from ermoe_ba.models.config import PreprocessConfig
@@ -98,7 +97,7 @@ class BrainAgePredictor:
         model, meta = load_checkpoint(path, map_location="cpu")
         predictor = cls(model, meta, device=device, cache_dir=cache_dir, shift_average=shift_average)
         predictor.name = str(name_or_path)
-        predictor.checkpoint_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        predictor.checkpoint_sha256 = sha256_of(path)
         return predictor
 
     @property
