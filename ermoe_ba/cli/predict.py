@@ -77,6 +77,8 @@ def run_predict(
     if world > 1:
         import torch.distributed as dist
 
+        from ermoe_ba.training.distributed import cleanup_distributed
+
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         dist.barrier()
@@ -85,7 +87,7 @@ def run_predict(
             write_run_description(out, description)
         dist.barrier()
         frame = read_table(out)
-        dist.destroy_process_group()
+        cleanup_distributed()
     bids_ids = {r.subject_id for r in discovered if r.source == "bids"}
     if rank == 0 and bids_ids:
         from ermoe_ba.inference.bids import write_bids_derivatives

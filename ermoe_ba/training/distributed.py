@@ -6,6 +6,7 @@ Under ``torchrun`` every process gets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -81,6 +82,14 @@ def init_distributed(backend: str | None = None) -> bool:
 
 
 def cleanup_distributed() -> None:
-    """Leave the process group if one was joined."""
+    """Leave the process group if one was joined.
+
+    A ``DistributedDataParallel`` wrapper sits in reference cycles, so after training it lives on
+    (holding the process group) until the garbage collector runs, possibly only while the
+    interpreter shuts down: gloo's threads then die with the interpreter and the process aborts
+    ("terminate called without an active exception"), now and then. Collecting first releases
+    such wrappers while the group is alive.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
