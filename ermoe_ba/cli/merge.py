@@ -19,12 +19,26 @@ def merge(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Merged table.")] = Path("predictions.csv"),
 ) -> None:
-    """Merge part tables (sorted by subject id and path). Exit 1 when some scans are not ok."""
+    """Merge part tables (sorted by subject id and path). Exit 1 when some scans are not ok.
+
+    The parts' provenance sidecars (``<part>.json``) must agree on the model and options; the
+    merged table gets their description as its own sidecar (none if a part has none).
+    """
+    from ermoe_ba.inference.provenance import merged_run_description, sidecar_path, write_run_description
     from ermoe_ba.inference.table import merge_tables
 
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
         raise typer.BadParameter(f"part tables not found: {', '.join(missing)}")
+    try:
+        description = merged_run_description(parts)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     frame = merge_tables(parts, out)
+    if description is not None:
+        write_run_description(out, description)
+    else:
+        sidecar_path(out).unlink(missing_ok=True)  # a sidecar of an earlier table here no longer applies
     typer.echo(f"{len(frame)} scans -> {out}", err=True)
     raise typer.Exit(0 if (frame["status"] == "ok").all() else 1)

@@ -9,13 +9,22 @@ rows made another way to a table, which would mix two models' ages in one column
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ermoe_ba import __version__
 from ermoe_ba.atomic import write_json_atomic
+from ermoe_ba.differences import describe_differences
 
-__all__ = ["SAME_RUN_KEYS", "check_same_run", "run_description", "sidecar_path", "write_run_description"]
+__all__ = [
+    "SAME_RUN_KEYS",
+    "check_same_run",
+    "merged_run_description",
+    "run_description",
+    "sidecar_path",
+    "write_run_description",
+]
 
 SAME_RUN_KEYS = ("model_sha256", "shift_average", "register")  # rows differ if any of these does
 
@@ -49,13 +58,40 @@ def check_same_run(table: str | Path, description: dict[str, Any]) -> None:
 
     A table without a sidecar (written by an older version) is accepted.
     """
-    path = sidecar_path(table)
-    if not path.is_file():
-        return
-    earlier = json.loads(path.read_text())
-    differ = [k for k in SAME_RUN_KEYS if earlier.get(k) != description.get(k)]
-    if differ:
-        shown = ", ".join(f"{k} {earlier.get(k)!r} there, {description.get(k)!r} now" for k in differ)
+    earlier = _read_description(table)
+    shown = describe_differences(earlier, description, SAME_RUN_KEYS) if earlier is not None else ""
+    if shown:
         raise ValueError(
             f"{table}: its rows were made otherwise ({shown}); resume with the same options or write a new --out"
         )
+
+
+def merged_run_description(tables: Sequence[str | Path]) -> dict[str, Any] | None:
+    """The sidecar for a table merged from part ``tables``: the first part's, if all parts agree.
+
+    Returns None when a part has no sidecar (written by an older version): the merged table then
+    gets none either, since nothing vouches for that part's rows.
+
+    Raises
+    ------
+    ValueError
+        Naming the first part whose rows were made otherwise (:data:`SAME_RUN_KEYS`) than those of
+        the first part: merging them would mix two models' ages in one column.
+    """
+    descriptions = [_read_description(t) for t in tables]
+    if not descriptions or any(d is None for d in descriptions):
+        return None
+    first = descriptions[0]
+    for table, description in zip(tables[1:], descriptions[1:], strict=True):
+        shown = describe_differences(first, description, SAME_RUN_KEYS)
+        if shown:
+            raise ValueError(
+                f"{table}: its rows were made otherwise than those of {tables[0]} ({shown}); "
+                "predict all parts with the same model and options"
+            )
+    return first
+
+
+def _read_description(table: str | Path) -> dict[str, Any] | None:
+    path = sidecar_path(table)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ermoe_ba.atomic import atomic_path
+from ermoe_ba.differences import describe_differences
 from ermoe_ba.training.config import TrainConfig
 
 __all__ = [
@@ -93,12 +94,6 @@ def save_training_state(path: str | Path, state: dict[str, Any], config: TrainCo
     return atomic_path(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _differences(saved: dict[str, Any] | None, wanted: dict[str, Any] | None) -> str:
-    saved, wanted = saved or {}, wanted or {}
-    keys = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-    return ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in keys)
-
-
 def load_training_state(path: str | Path, config: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
     """Read a state written by :func:`save_training_state` for ``model`` trained with ``config``.
 
@@ -119,7 +114,7 @@ def load_training_state(path: str | Path, config: TrainConfig, model: torch.nn.M
         ("recipe", state["recipe"], recipe_of(config)),
         ("model", state["architecture"], architecture_of(model)),
     ):
-        shown = _differences(saved, wanted)
+        shown = describe_differences(saved, wanted)
         if shown:
             raise ValueError(
                 f"{path}: saved by a run with another {what} ({shown}); rerun with the same options or delete the file"

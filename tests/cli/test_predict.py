@@ -118,7 +118,7 @@ def test_resume_after_a_killed_run_gives_the_same_table(checkpoint, scans, tmp_p
     monkeypatch.setattr(BrainAgePredictor, "_predict_batch", real)
     other_way = _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--resume",
                          "--shift-average", "axes_1")  # fmt: skip
-    assert other_way.exit_code == 2 and "made otherwise (shift_average 'none' there, 'axes_1' now)" in other_way.output
+    assert other_way.exit_code == 2 and "made otherwise (shift_average: 'none' there, 'axes_1' now)" in other_way.output
     assert len(read_table(killed)) == 1  # refused before a row was added
     resumed = _predict(*inputs, "--out", killed, "--model", checkpoint, "--device", "cpu", "--resume")
     assert resumed.exit_code == 0
@@ -146,6 +146,16 @@ def test_two_parts_merged_equal_one_run(checkpoint, scans, tmp_path):
     merged = tmp_path / "merged.tsv"
     assert runner.invoke(app, ["merge", *map(str, parts), "--out", str(merged)]).exit_code == 0
     pd.testing.assert_frame_equal(read_table(merged), read_table(whole))
+    sidecar = json.loads(merged.with_suffix(".json").read_text())
+    assert sidecar == json.loads(whole.with_suffix(".json").read_text())  # the provenance of the parts
+
+    args = ["--num-parts", "2", "--part-id", "1", "--shift-average", "axes_1", "-q"]
+    assert _predict(*inputs, "--out", parts[1], "--model", checkpoint, "--device", "cpu", *args).exit_code == 0
+    mixed = runner.invoke(app, ["merge", *map(str, parts), "--out", str(merged)])
+    assert mixed.exit_code == 2
+    said = f"{parts[1]}: its rows were made otherwise than those of {parts[0]}"
+    assert f"{said} (shift_average: 'none' there, 'axes_1' now)" in mixed.output
+    pd.testing.assert_frame_equal(read_table(merged), read_table(whole))  # the earlier merge is left as it was
 
 
 @pytest.mark.slow
