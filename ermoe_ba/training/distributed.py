@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "all_gather_object",
     "barrier",
     "cleanup_distributed",
     "init_distributed",
@@ -42,6 +43,15 @@ def barrier() -> None:
     """Wait for every process (no-op for one process)."""
     if world_size() > 1:
         dist.barrier()
+
+
+def all_gather_object(value: object) -> list[object]:
+    """``value`` of every process, in rank order (``[value]`` for one process)."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[object] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def resolve_device(device: str = "auto") -> torch.device:

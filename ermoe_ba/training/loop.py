@@ -23,7 +23,7 @@ from torch import nn
 from ermoe_ba.routing.trace import RoutingTrace
 from ermoe_ba.training.augment import BatchAugment
 from ermoe_ba.training.config import TrainConfig
-from ermoe_ba.training.distributed import is_main_process, rank, resolve_device, world_size
+from ermoe_ba.training.distributed import all_gather_object, is_main_process, rank, resolve_device, world_size
 from ermoe_ba.training.resume import load_raw_tensors, load_training_state, raw_tensors, save_training_state
 from ermoe_ba.training.shift_average import standardized_ages
 
@@ -160,6 +160,22 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.nn.functional.mse_loss(pred, target)
 
 
+def _check_ranks_resume_alike(state_path: str | Path, next_epoch: int) -> None:
+    """Raise ValueError on every rank if the ranks' states would resume at different epochs.
+
+    Each rank writes its own state after every epoch; a run killed between two ranks' writes
+    leaves them an epoch apart (or one without a state), and resuming them would desynchronise
+    the replicas (unequal step counts hang DDP's gradient averaging).
+    """
+    epochs = all_gather_object(next_epoch)
+    if len(set(epochs)) > 1:
+        shown = ", ".join(f"rank {r}: epoch {e}" for r, e in enumerate(epochs))
+        raise ValueError(
+            f"{state_path}: the processes' training states resume at different epochs ({shown}); "
+            "delete this run's rank states and train again"
+        )
+
+
 def fit(
     model: nn.Module,
     train_volumes: torch.Tensor,
@@ -241,6 +257,8 @@ def fit(
         result.best_val_mae = state["best_val_mae"]
         best_state, since_best = state["best_state"], state["since_best"]
         first_epoch, stopped, earlier_seconds = state["next_epoch"], state["stopped"], state["seconds"]
+    if state_path is not None and world_size() > 1:
+        _check_ranks_resume_alike(state_path, first_epoch)
 
     from tqdm.auto import tqdm
 
