@@ -256,7 +256,7 @@ def test_torchrun_ranks_split_the_scans_and_rank0_merges(checkpoint, scans, tmp_
     single = tmp_path / "single.csv"
     assert _predict(*inputs, "--out", single, "--model", checkpoint, "--device", "cpu", "-q").exit_code == 0
     out = tmp_path / "ddp.csv"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free port
     cmd = [*torchrun, "-m", "ermoe_ba.cli", "predict", *inputs, "--out", str(out), "--model", str(checkpoint)]
     proc = subprocess.run(
         [*cmd, "--device", "cpu", "-q"], env=dict(os.environ), capture_output=True, text=True, timeout=300
