@@ -6,6 +6,7 @@ is what resumable batch jobs (prediction tables, caches, CV folds, checkpoints) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -24,7 +25,9 @@ def atomic_path(path: str | Path, write: Callable[[Path], object]) -> Path:
 
     The temporary name ends like the target, so format-by-suffix writers (nibabel, numpy,
     safetensors, pandas) behave as for the real name. The data reach the disk before the rename,
-    so a power cut cannot leave an empty file under the real name. A failure leaves no temporary
+    so a power cut cannot leave an empty file under the real name, and the folder is flushed after
+    the rename, so the new name itself survives one (on systems that cannot open a folder, such as
+    Windows, the rename is left to the file system). A failure leaves no temporary
     file. The result gets the permissions of a normally created file (``0o666`` minus the umask),
     also when the writer made its file private (safetensors does).
 
@@ -42,6 +45,8 @@ def atomic_path(path: str | Path, write: Callable[[Path], object]) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        _flush_to_disk(path.parent)
     return path
 
 

@@ -51,7 +51,7 @@ def test_a_private_file_from_the_writer_gets_normal_permissions(tmp_path: Path) 
     assert out.stat().st_mode & 0o777 == 0o666 & ~previous
 
 
-def test_the_data_are_flushed_to_disk_before_the_rename(tmp_path: Path, monkeypatch) -> None:
+def test_the_data_are_flushed_before_the_rename_and_the_folder_after(tmp_path: Path, monkeypatch) -> None:
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -66,6 +66,7 @@ def test_the_data_are_flushed_to_disk_before_the_rename(tmp_path: Path, monkeypa
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     atomic_path(tmp_path / "table.csv", lambda tmp: tmp.write_text("a,b\n"))
-    assert [kind for kind, _ in events] == ["fsync", "replace"]
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
     assert events[0][1] == events[1][1]  # the temporary file itself was flushed, then renamed
+    assert events[2][1] == str(tmp_path)  # then the folder, so the rename itself is on disk
     assert (tmp_path / "table.csv").read_text() == "a,b\n"
