@@ -39,7 +39,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=list(PREDICTION_COLUMNS))
-    frame = pd.read_csv(path, sep=_separator(path), dtype={"subject_id": str, "path": str, "error": str})
+    # only an empty field is missing: subjects named "NA", "nan" or "null" keep their names
+    frame = pd.read_csv(
+        path,
+        sep=_separator(path),
+        dtype={"subject_id": str, "path": str, "status": str, "error": str},
+        keep_default_na=False,
+        na_values=[""],
+    )
     missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not a predictions table (missing columns {missing})")

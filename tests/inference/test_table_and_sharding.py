@@ -38,6 +38,19 @@ def test_table_is_rewritten_after_each_batch_and_resumes(tmp_path):
     assert not list(tmp_path.glob(".*tmp")), "temporary files must not be left behind"
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_subjects_named_like_missing_values_keep_their_names(tmp_path, suffix):
+    names = ["NA", "nan", "null", "None", "N/A"]
+    out = tmp_path / f"pred{suffix}"
+    PredictionTable(out).add([_row(s) for s in names] + [_row("x", status="error", pred=None)])
+    table = read_table(out)
+    assert table["subject_id"].tolist() == [*names, "x"]
+    assert table["path"].tolist() == [f"/data/{s}.nii.gz" for s in [*names, "x"]]
+    assert pd.isna(table.loc[5, "predicted_age"]) and table.loc[0, "error"] == ""  # empty fields stay missing
+    resumed = PredictionTable(out, resume=True)
+    assert all(resumed.done(s, f"/data/{s}.nii.gz") for s in names)  # not predicted again
+
+
 def test_without_resume_an_old_table_is_replaced(tmp_path):
     out = tmp_path / "pred.csv"
     PredictionTable(out).add([_row("old")])
