@@ -65,6 +65,7 @@ def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
         "garbage": (garbage, "Cannot work out file type"),
         "empty": (touch(folder / "empty.nii"), "empty"),
         "2d": (save_nifti(folder / "slice.nii.gz", synthetic_head((60, 70, 1))), "2D"),
+        "tiny": (save_nifti(folder / "tiny.nii.gz", synthetic_head((6, 6, 6))), "too small"),
         "4d": (save_nifti(folder / "bold.nii.gz", np.stack([synthetic_head()] * 3, -1)), "3 volumes"),
         "zero": (save_nifti(folder / "zero.nii.gz", np.zeros((60, 70, 50), np.float32)), "all zero"),
         "nan": (save_nifti(folder / "nan.nii.gz", nan), "NaN"),

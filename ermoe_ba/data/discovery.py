@@ -226,7 +226,8 @@ def discover(inputs: Sequence[str | Path], ages: str | Path | None = None) -> li
     Raises
     ------
     DiscoveryError
-        For an input that does not exist or a table without a path column.
+        For an input that does not exist, a table without a path column, or inputs in which
+        no scan is found at all (an empty folder is more likely a wrong path than a batch of none).
 
     Examples
     --------
@@ -247,6 +248,12 @@ def discover(inputs: Sequence[str | Path], ages: str | Path | None = None) -> li
             records += _from_bids(path)
         else:
             records += _search_folder(path)
+    if inputs and not records:
+        shown = ", ".join(str(item) for item in inputs)
+        raise DiscoveryError(
+            f"no scans found in {shown} (looked for .nii, .nii.gz and .mgz files, DICOM series, "
+            "BIDS anat/*_T1w images and CSV/TSV tables of paths)"
+        )
     if ages is not None:
         _apply_ages(records, read_age_table(ages))
     return _unique(records)

@@ -120,8 +120,10 @@ def validate_array(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
                 "expected one 3D T1 volume: split the series and pass one volume"
             )
         data = data.reshape(data.shape[:3])
-    if data.ndim < 3 or min(data.shape) < 8:
+    if data.ndim < 3 or 1 in data.shape:
         raise ValueError(f"2D image (shape {data.shape}); expected a 3D volume with >= 8 voxels per axis")
+    if min(data.shape) < 8:
+        raise ValueError(f"volume too small (shape {data.shape}); expected >= 8 voxels per axis")
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise ValueError(f"data type {data.dtype} is not a real-valued image")
     data = np.asarray(data, dtype=np.float32)

@@ -71,6 +71,17 @@ def test_missing_input_raises_one_line_discovery_error(tmp_path: Path) -> None:
     assert "\n" not in str(info.value) and "nope.nii.gz" in str(info.value)
 
 
+def test_inputs_without_any_scan_are_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no scans here")
+    with pytest.raises(DiscoveryError, match="no scans found in") as info:
+        discover([empty])
+    assert str(empty) in str(info.value) and "\n" not in str(info.value)
+    good = _nifti(tmp_path / "good.nii.gz")
+    assert [r.path for r in discover([empty, good])] == [good]  # an empty folder beside scans is no error
+
+
 def test_bids_sessions_runs_ages_and_other_modalities_ignored(tmp_path: Path) -> None:
     root = tmp_path / "bids"
     (root).mkdir()
