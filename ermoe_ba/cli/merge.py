@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ermoe_ba.cli.main import app
+from ermoe_ba.cli.predict import table_path
 
 __all__ = ["merge"]
 
@@ -17,7 +18,9 @@ def merge(
     parts: Annotated[
         list[Path], typer.Argument(help="Part tables written by predict --num-parts/--part-id.")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Merged table.")] = Path("predictions.csv"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Merged table (.csv or .tsv); a folder gets predictions.csv.")
+    ] = Path("predictions.csv"),
 ) -> None:
     """Merge part tables (sorted by subject id and path). Exit 1 when some scans are not ok.
 
@@ -30,6 +33,7 @@ def merge(
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
         raise typer.BadParameter(f"part tables not found: {', '.join(missing)}")
+    out = table_path(out)
     try:
         description = merged_run_description(parts)
     except ValueError as err:

@@ -16,6 +16,26 @@ def _part_path(out: Path, rank: int, world: int) -> Path:
     return out.with_name(f"{out.stem}.part{rank}of{world}{out.suffix}")
 
 
+def table_path(out: Path) -> Path:
+    """``--out`` checked before any work: a folder gets ``predictions.csv`` inside it.
+
+    Raises
+    ------
+    typer.BadParameter
+        For a name that is not .csv/.tsv/.tab (the table is always CSV or TSV text) or a folder
+        that cannot be created.
+    """
+    if out.is_dir():
+        out = out / "predictions.csv"
+    if out.suffix.lower() not in (".csv", ".tsv", ".tab"):
+        raise typer.BadParameter(f"--out {out}: the table is written as CSV or TSV text; name it .csv or .tsv")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise typer.BadParameter(f"--out {out}: cannot create its folder ({err.strerror})") from None
+    return out
+
+
 def report_failures(rows: list[dict]) -> None:
     """Say on stderr, one line each, why scans of a finished batch got no age (also with --quiet)."""
     for row in rows:
@@ -110,9 +130,9 @@ def predict(
     inputs: Annotated[
         list[Path], typer.Argument(help="NIfTI files, folders, DICOM series, BIDS roots, CSV/TSV tables.")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions table (.csv or .tsv).")] = Path(
-        "predictions.csv"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Predictions table (.csv or .tsv); a folder gets predictions.csv.")
+    ] = Path("predictions.csv"),
     model: Annotated[str, typer.Option(help="Bundled model name or checkpoint path.")] = "default",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Scans per model batch.")] = 4,
@@ -137,6 +157,7 @@ def predict(
         raise typer.BadParameter(f"--part-id {part_id} must be smaller than --num-parts {num_parts}")
     if ages is not None and not ages.is_file():
         raise typer.BadParameter(f"--ages {ages}: file does not exist")
+    out = table_path(out)
     try:
         code = run_predict(
             inputs,

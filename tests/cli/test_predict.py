@@ -205,11 +205,12 @@ def test_no_register_on_scans_already_in_mni_space_with_two_workers(checkpoint, 
     for sid in GOOD[1:]:
         result = conformer(scans / f"{sid}_T1.nii.gz")
         nib.save(nib.Nifti1Image(result.volume, result.affine), tmp_path / f"{sid}_mni.nii.gz")
-    out, routing = tmp_path / "p.csv", tmp_path / "routing"
-    args = ["--out", out, "--model", checkpoint, "--device", "cpu", "--no-register", "--workers", "2", "-q"]
+    folder, routing = tmp_path / "results", tmp_path / "routing"
+    folder.mkdir()  # --out an existing folder: the table goes inside it
+    args = ["--out", folder, "--model", checkpoint, "--device", "cpu", "--no-register", "--workers", "2", "-q"]
     result = _predict(*sorted(tmp_path.glob("*_mni.nii.gz")), *args, "--save-routing", routing)
     assert result.exit_code == 0
-    table = read_table(out)
+    table = read_table(folder / "predictions.csv")
     assert table["status"].tolist() == ["ok", "ok"]
     assert np.isfinite(table["predicted_age"]).all()
     for sid in GOOD[1:]:  # no registration ran: template -> native is exactly the identity (a registration
@@ -225,6 +226,8 @@ def test_usage_errors_exit_2(checkpoint, tmp_path):
     unknown = _predict(scan, "--model", "no_such_model", "--out", tmp_path / "p.csv")
     assert unknown.exit_code == 2 and "no_such_model" in unknown.output
     assert runner.invoke(app, ["predict", "--batch-size", "0", str(scan)]).exit_code == 2
+    spreadsheet = _predict(scan, "--out", tmp_path / "p.xlsx")  # refused before any work, not CSV in disguise
+    assert spreadsheet.exit_code == 2 and "p.xlsx" in spreadsheet.output and not (tmp_path / "p.xlsx").exists()
 
 
 def test_help_lists_every_option():
