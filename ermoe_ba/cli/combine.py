@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import app
+from ermoe_ba.cli.main import app, writable_file
 
 __all__ = ["combine"]
 
@@ -42,6 +42,7 @@ def combine(
     from ermoe_ba.training.checkpoint import read_meta
     from ermoe_ba.training.combine import combine_checkpoints
 
+    out = writable_file(out)
     try:
         correction = bias_correction_from_table(calibration) if calibration is not None else None
         path = combine_checkpoints(checkpoints, out, correction, shift_average)

@@ -5,9 +5,11 @@ Heavy imports (torch, monai, nilearn) happen inside the commands so ``--help`` i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-__all__ = ["WORKERS_HELP", "app"]
+__all__ = ["WORKERS_HELP", "app", "writable_file"]
 
 SHIFT_AVERAGE_HELP = (
     "Average each prediction over whole-voxel shifts of the scan: none, axes_1 (7 copies), cube_1 (27), "
@@ -25,6 +27,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def writable_file(out: Path, option: str = "--out") -> Path:
+    """``out`` checked before any work is done for it: a file name whose folder exists or can be made.
+
+    Raises
+    ------
+    typer.BadParameter
+        ``out`` is a folder, or its folder cannot be created.
+    """
+    if out.is_dir():
+        raise typer.BadParameter(f"{option} {out} is a folder; give a file name inside it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise typer.BadParameter(f"{option} {out}: cannot create its folder ({err.strerror})") from None
+    return out
 
 
 @app.command()

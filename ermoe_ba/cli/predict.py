@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app
+from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, writable_file
 
 __all__ = ["predict", "report_failures"]
 
@@ -29,11 +29,7 @@ def table_path(out: Path) -> Path:
         out = out / "predictions.csv"
     if out.suffix.lower() not in (".csv", ".tsv", ".tab"):
         raise typer.BadParameter(f"--out {out}: the table is written as CSV or TSV text; name it .csv or .tsv")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise typer.BadParameter(f"--out {out}: cannot create its folder ({err.strerror})") from None
-    return out
+    return writable_file(out)
 
 
 def report_failures(rows: list[dict]) -> None:

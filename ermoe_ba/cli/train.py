@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app
+from ermoe_ba.cli.main import WORKERS_HELP, app, writable_file
 
 __all__ = ["parse_overrides", "train"]
 
@@ -161,6 +161,7 @@ def train(
     from ermoe_ba.training.run import check_validation_split, train_brain_age
     from ermoe_ba.training.voxel_ridge import train_voxel_ridge
 
+    out = writable_file(out)  # before hours of training, not at the save
     try:
         model_overrides = parse_overrides(overrides)
         if router is not None:

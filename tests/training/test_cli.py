@@ -56,6 +56,17 @@ def test_training_on_every_scan_needs_keep_last_and_a_readable_calibration(tmp_p
     assert problem in result.output
 
 
+def test_a_folder_as_checkpoint_name_is_refused_before_training(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("path,age\nx.nii.gz,40\n")  # x.nii.gz does not exist: reaching the data would fail otherwise
+    folder = tmp_path / "models"
+    folder.mkdir()
+    result = runner.invoke(app, ["train", str(table), "--out", str(folder)])
+    said = " ".join(result.output.replace("│", " ").split())  # the message as rich's box wraps it
+    assert result.exit_code == 2 and "is a folder; give a file name inside it" in said
+    assert list(folder.iterdir()) == [] and not (tmp_path / "models.train-state").exists()
+
+
 def test_evaluate_missing_checkpoint_exits_2(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "none.safetensors"), str(tmp_path), "-o", str(tmp_path)])
     assert result.exit_code == 2 and "none.safetensors" in result.output
