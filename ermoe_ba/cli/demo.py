@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ermoe_ba.cli.main import app
-from ermoe_ba.cli.predict import run_predict
+from ermoe_ba.cli.predict import run_predict, table_path
 
 __all__ = ["demo"]
 
@@ -24,6 +24,7 @@ def demo(
     """Predict the bundled example scans (IXI, CC BY-SA 3.0) and print the table."""
     examples = Path(str(resources.files("ermoe_ba") / "examples"))
     scans = sorted(examples.glob("*.nii.gz"))
+    out = table_path(out)
     code = run_predict(scans, out, device=device, ages=examples / "ages.csv", quiet=True, echo_table=True)
     typer.echo(f"table written to {out}")
     raise typer.Exit(code)

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app
+from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, writable_folder
 
 __all__ = ["evaluate"]
 
 
 @app.command()
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint written by `ermoe-ba train`."),
+    checkpoint: str = typer.Argument(
+        ..., help="Checkpoint written by `ermoe-ba train` or `combine`, or a bundled model name (default)."
+    ),
     inputs: list[Path] = typer.Argument(..., help="Scans with ages: table, BIDS dataset, folders or files."),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Folder for metrics.json, predictions.csv and scatter.png."
@@ -33,16 +35,19 @@ def evaluate(
     Exit code 2 on usage errors (missing checkpoint, no scans with ages).
     """
     from ermoe_ba.data.discovery import DiscoveryError
+    from ermoe_ba.inference.pretrained import resolve_checkpoint
     from ermoe_ba.models.config import PreprocessConfig, check_choice
     from ermoe_ba.training.checkpoint import read_meta
     from ermoe_ba.training.data import load_cohort
     from ermoe_ba.training.evaluate import evaluate_checkpoint
 
+    out = writable_folder(out)
     try:
         check_choice("device", device, ("auto", "cpu", "cuda"))  # before the scans are conformed
-        preprocess = PreprocessConfig.from_dict(read_meta(checkpoint)["preprocess"])
+        path = resolve_checkpoint(checkpoint)
+        preprocess = PreprocessConfig.from_dict(read_meta(path)["preprocess"])
         data = load_cohort(inputs, ages, preprocess, cache_dir, progress=progress, workers=workers)
-        metrics = evaluate_checkpoint(checkpoint, data, out, device, batch_size, shift_average)
+        metrics = evaluate_checkpoint(path, data, out, device, batch_size, shift_average)
     except (DiscoveryError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

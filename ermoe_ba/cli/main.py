@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["WORKERS_HELP", "app", "writable_file"]
+__all__ = ["WORKERS_HELP", "app", "writable_file", "writable_folder"]
 
 SHIFT_AVERAGE_HELP = (
     "Average each prediction over whole-voxel shifts of the scan: none, axes_1 (7 copies), cube_1 (27), "
@@ -43,6 +43,23 @@ def writable_file(out: Path, option: str = "--out") -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise typer.BadParameter(f"{option} {out}: cannot create its folder ({err.strerror})") from None
+    return out
+
+
+def writable_folder(out: Path, option: str = "--out") -> Path:
+    """``out`` made (with its parents) before any work is done for it.
+
+    Raises
+    ------
+    typer.BadParameter
+        ``out`` is an existing file, or it cannot be created.
+    """
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{option} {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise typer.BadParameter(f"{option} {out}: cannot create it ({err.strerror})") from None
     return out
 
 

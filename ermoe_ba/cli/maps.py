@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app
+from ermoe_ba.cli.main import WORKERS_HELP, app, writable_folder
 
 __all__ = ["maps"]
 
@@ -103,6 +103,7 @@ def maps(
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
     chosen = _parse_layers(layer)
+    out = writable_folder(out)
     try:
         from ermoe_ba.interpret.atlases import list_atlases
 

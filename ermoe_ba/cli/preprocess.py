@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app
+from ermoe_ba.cli.main import WORKERS_HELP, app, writable_folder
 
 __all__ = ["preprocess"]
 
@@ -57,17 +57,14 @@ def preprocess(
     from ermoe_ba.inference.table import write_table_atomic
     from ermoe_ba.models.config import PreprocessConfig
 
+    out = writable_folder(out)
     try:
         records = discover(inputs)
     except DiscoveryError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    if not records:
-        typer.echo(f"error: no scans found in {', '.join(map(str, inputs))}", err=True)
-        raise typer.Exit(2)
     config = PreprocessConfig(register=register, bias_correction=bias_correction, match_resolution=match_resolution)
     cache = None if no_cache else (cache_dir or default_cache_dir())
-    out.mkdir(parents=True, exist_ok=True)
     qc_path = out / "qc.tsv"
     earlier = pd.read_csv(qc_path, sep="\t", dtype=str, keep_default_na=False) if qc_path.exists() else None
     kept = {} if earlier is None else {row["subject_id"]: row for row in earlier.to_dict("records")}

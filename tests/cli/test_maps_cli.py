@@ -59,6 +59,10 @@ def test_maps_rejects_unknown_atlas_and_layer(checkpoint, tmp_path):
     scan = str(tmp_path / "x.nii.gz")
     assert runner.invoke(app, ["maps", scan, "--atlas", "harvard_oxfrd"]).exit_code == 2
     assert runner.invoke(app, ["maps", scan, "--layer", "first"]).exit_code == 2
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    result = runner.invoke(app, ["maps", scan, "--out", str(a_file)])
+    assert result.exit_code == 2 and "is a file" in " ".join(result.output.replace("│", " ").split())
 
 
 @pytest.mark.slow

@@ -36,6 +36,11 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     empty.mkdir()
     result = _run(str(empty), "--out", str(tmp_path / "o"))
     assert result.exit_code == 2 and "no scans found" in result.output
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    result = _run(str(empty), "--out", str(a_file))
+    assert result.exit_code == 2 and "is a file" in " ".join(result.output.replace("│", " ").split())
+    assert a_file.read_text() == "not a folder"
 
 
 def test_good_and_bad_scans_table_outputs_and_exit_code(tmp_path: Path, cache: Path) -> None:

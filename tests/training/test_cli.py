@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,20 @@ def test_a_folder_as_checkpoint_name_is_refused_before_training(tmp_path):
 def test_evaluate_missing_checkpoint_exits_2(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "none.safetensors"), str(tmp_path), "-o", str(tmp_path)])
     assert result.exit_code == 2 and "none.safetensors" in result.output
+
+
+@pytest.mark.slow
+def test_evaluate_takes_the_bundled_model_by_name(tmp_path):
+    from importlib import resources
+
+    examples = Path(str(resources.files("ermoe_ba") / "examples"))
+    args = ["evaluate", "default", str(examples), "--ages", str(examples / "ages.csv"), "-o", str(tmp_path / "ev")]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert metrics["n"] == 3 and np.isfinite(metrics["mae"])
+    table = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    assert len(table) == 3 and (tmp_path / "ev" / "scatter.png").is_file()
 
 
 def test_evaluate_unknown_device_exits_2_naming_the_choices(tmp_path):
