@@ -157,7 +157,13 @@ def train(
     from ermoe_ba.training.bias import bias_correction_from_table
     from ermoe_ba.training.config import TrainConfig, member_model_overrides
     from ermoe_ba.training.data import load_cohort
-    from ermoe_ba.training.distributed import barrier, cleanup_distributed, init_distributed, is_main_process
+    from ermoe_ba.training.distributed import (
+        barrier,
+        cleanup_distributed,
+        init_distributed,
+        is_main_process,
+        resolve_device,
+    )
     from ermoe_ba.training.run import check_validation_split, train_brain_age
     from ermoe_ba.training.voxel_ridge import train_voxel_ridge
 
@@ -177,6 +183,7 @@ def train(
         for variant in member_model_overrides(model_overrides, member_overrides, seeds):
             _check_model(model, variant)
         check_validation_split(val_fraction, keep)
+        resolve_device(device)  # before the scans are conformed, not after
         correction = bias_correction_from_table(calibration) if calibration is not None else None
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)

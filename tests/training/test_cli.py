@@ -57,6 +57,14 @@ def test_training_on_every_scan_needs_keep_last_and_a_readable_calibration(tmp_p
     assert problem in result.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_the_scans_are_conformed(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("path,age\nx.nii.gz,40\n")  # x.nii.gz does not exist: conforming would fail first
+    result = runner.invoke(app, ["train", str(table), "--out", str(tmp_path / "m.pt"), "--device", "cuda"])
+    assert result.exit_code == 2 and "torch sees no CUDA device" in result.output
+
+
 def test_a_folder_as_checkpoint_name_is_refused_before_training(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("path,age\nx.nii.gz,40\n")  # x.nii.gz does not exist: reaching the data would fail otherwise
