@@ -39,11 +39,13 @@ def evaluate(
     from ermoe_ba.models.config import PreprocessConfig, check_choice
     from ermoe_ba.training.checkpoint import read_meta
     from ermoe_ba.training.data import load_cohort
+    from ermoe_ba.training.distributed import resolve_device
     from ermoe_ba.training.evaluate import evaluate_checkpoint
 
     out = writable_folder(out)
     try:
         check_choice("device", device, ("auto", "cpu", "cuda"))  # before the scans are conformed
+        resolve_device(device)
         path = resolve_checkpoint(checkpoint)
         preprocess = PreprocessConfig.from_dict(read_meta(path)["preprocess"])
         data = load_cohort(inputs, ages, preprocess, cache_dir, progress=progress, workers=workers)

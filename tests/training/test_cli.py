@@ -63,6 +63,8 @@ def test_cuda_without_a_gpu_is_refused_before_the_scans_are_conformed(tmp_path):
     table.write_text("path,age\nx.nii.gz,40\n")  # x.nii.gz does not exist: conforming would fail first
     result = runner.invoke(app, ["train", str(table), "--out", str(tmp_path / "m.pt"), "--device", "cuda"])
     assert result.exit_code == 2 and "torch sees no CUDA device" in result.output
+    result = runner.invoke(app, ["evaluate", "default", str(table), "--out", str(tmp_path / "ev"), "--device", "cuda"])
+    assert result.exit_code == 2 and "torch sees no CUDA device" in result.output
 
 
 def test_a_folder_as_checkpoint_name_is_refused_before_training(tmp_path):
