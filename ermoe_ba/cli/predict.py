@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, writable_file
+
+if TYPE_CHECKING:
+    from ermoe_ba.data.discovery import ScanRecord
 
 __all__ = ["predict", "report_failures"]
 
@@ -30,6 +33,18 @@ def table_path(out: Path) -> Path:
     if out.suffix.lower() not in (".csv", ".tsv", ".tab"):
         raise typer.BadParameter(f"--out {out}: the table is written as CSV or TSV text; name it .csv or .tsv")
     return writable_file(out)
+
+
+def report_missing_ages(records: list[ScanRecord], ages: Path) -> None:
+    """Say on stderr (also with --quiet) for how many scans ``--ages`` had no age: their gaps stay empty."""
+    missing = [r.subject_id for r in records if r.age is None]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        typer.echo(
+            f"note: --ages {ages} has no age for {len(missing)} of {len(records)} scans ({shown}); "
+            "their brain-age gaps stay empty",
+            err=True,
+        )
 
 
 def report_failures(rows: list[dict]) -> None:
@@ -67,6 +82,8 @@ def run_predict(
         num_parts, part_id = world, rank
     predictor = BrainAgePredictor.from_pretrained(model, device=device, shift_average=shift_average)
     discovered = predictor.discover(inputs, ages)
+    if ages is not None and rank == 0:
+        report_missing_ages(discovered, ages)
     records = shard(discovered, num_parts, part_id)
     target = _part_path(out, rank, world) if world > 1 else out
     description = run_description(predictor, register)

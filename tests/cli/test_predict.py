@@ -89,6 +89,7 @@ def test_bad_inputs_get_error_rows_and_good_scans_get_ages(checkpoint, scans, ag
         assert bad in row["error"] and "\n" not in row["error"]
     failures = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(failures) == 5  # one line on stderr per bad file, naming it, even with --quiet
+    assert f"note: --ages {ages_table} has no age for 5 of 8 scans" in result.output  # the bad files
     for bad in ["truncated", "notes", "flat2d", "fmri4d", "zeros"]:
         assert sum(f"/{bad}.nii" in line for line in failures) == 1
 
