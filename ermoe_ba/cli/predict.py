@@ -12,7 +12,7 @@ from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, writable_fi
 if TYPE_CHECKING:
     from ermoe_ba.data.discovery import ScanRecord
 
-__all__ = ["predict", "report_failures"]
+__all__ = ["predict", "report_failures", "report_missing_ages", "table_path"]
 
 
 def _part_path(out: Path, rank: int, world: int) -> Path:
