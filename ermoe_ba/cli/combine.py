@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import app, writable_file
+from ermoe_ba.cli.main import app, usage_errors, writable_file
 
 __all__ = ["combine"]
 
@@ -43,12 +43,9 @@ def combine(
     from ermoe_ba.training.combine import combine_checkpoints
 
     out = writable_file(out)
-    try:
+    with usage_errors():
         correction = bias_correction_from_table(calibration) if calibration is not None else None
         path = combine_checkpoints(checkpoints, out, correction, shift_average)
-    except (FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     meta = read_meta(path)
     line = {"checkpoint": str(path), "members": meta["ensemble_size"], "bias_correction": meta["bias_correction"]}
     typer.echo(json.dumps(line))

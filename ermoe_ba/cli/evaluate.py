@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, writable_folder
+from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, usage_errors, writable_folder
 
 __all__ = ["evaluate"]
 
@@ -34,7 +34,6 @@ def evaluate(
     The bias correction is the one stored in the checkpoint, never refitted on these scans.
     Exit code 2 on usage errors (missing checkpoint, no scans with ages).
     """
-    from ermoe_ba.data.discovery import DiscoveryError
     from ermoe_ba.inference.pretrained import resolve_checkpoint
     from ermoe_ba.models.config import PreprocessConfig, check_choice
     from ermoe_ba.training.checkpoint import read_meta
@@ -43,14 +42,11 @@ def evaluate(
     from ermoe_ba.training.evaluate import evaluate_checkpoint
 
     out = writable_folder(out)
-    try:
+    with usage_errors():
         check_choice("device", device, ("auto", "cpu", "cuda"))  # before the scans are conformed
         resolve_device(device)
         path = resolve_checkpoint(checkpoint)
         preprocess = PreprocessConfig.from_dict(read_meta(path)["preprocess"])
         data = load_cohort(inputs, ages, preprocess, cache_dir, progress=progress, workers=workers)
         metrics = evaluate_checkpoint(path, data, out, device, batch_size, shift_average)
-    except (DiscoveryError, FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "bias_correction"}))

@@ -5,11 +5,13 @@ Heavy imports (torch, monai, nilearn) happen inside the commands so ``--help`` i
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
-__all__ = ["WORKERS_HELP", "app", "writable_file", "writable_folder"]
+__all__ = ["WORKERS_HELP", "app", "usage_errors", "writable_file", "writable_folder"]
 
 SHIFT_AVERAGE_HELP = (
     "Average each prediction over whole-voxel shifts of the scan: none, axes_1 (7 copies), cube_1 (27), "
@@ -27,6 +29,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn a ValueError or FileNotFoundError raised inside into ``error: <message>`` on stderr and exit code 2.
+
+    Our one-line input errors (``DiscoveryError``, checkpoint, option and table checks) are of
+    these kinds; anything else is a bug and keeps its traceback.
+    """
+    try:
+        yield
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 def writable_file(out: Path, option: str = "--out") -> Path:

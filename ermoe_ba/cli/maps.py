@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app, writable_folder
+from ermoe_ba.cli.main import WORKERS_HELP, app, usage_errors, writable_folder
 
 __all__ = ["maps"]
 
@@ -104,7 +104,7 @@ def maps(
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
     chosen = _parse_layers(layer)
     out = writable_folder(out)
-    try:
+    with usage_errors():
         from ermoe_ba.interpret.atlases import list_atlases
 
         for name in atlas or []:
@@ -113,7 +113,4 @@ def maps(
         code = run_maps(
             inputs, out, model, atlas, chosen, device, ages, batch_size, workers, not no_native, quiet, resume
         )
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     raise typer.Exit(code)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import app
+from ermoe_ba.cli.main import app, usage_errors
 from ermoe_ba.cli.predict import table_path
 
 __all__ = ["merge"]
@@ -34,11 +34,8 @@ def merge(
     if missing:
         raise typer.BadParameter(f"part tables not found: {', '.join(missing)}")
     out = table_path(out)
-    try:
+    with usage_errors():
         description = merged_run_description(parts)
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     frame = merge_tables(parts, out)
     if description is not None:
         write_run_description(out, description)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, writable_file
+from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, usage_errors, writable_file
 
 if TYPE_CHECKING:
     from ermoe_ba.data.discovery import ScanRecord
@@ -171,7 +171,7 @@ def predict(
     if ages is not None and not ages.is_file():
         raise typer.BadParameter(f"--ages {ages}: file does not exist")
     out = table_path(out)
-    try:
+    with usage_errors():
         code = run_predict(
             inputs,
             out,
@@ -188,7 +188,4 @@ def predict(
             quiet,
             shift_average=shift_average,
         )
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     raise typer.Exit(code)

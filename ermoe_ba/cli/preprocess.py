@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app, writable_folder
+from ermoe_ba.cli.main import WORKERS_HELP, app, usage_errors, writable_folder
 
 __all__ = ["preprocess"]
 
@@ -53,16 +53,13 @@ def preprocess(
     from ermoe_ba.atomic import atomic_path
     from ermoe_ba.data.cache import default_cache_dir
     from ermoe_ba.data.conform import conform_records
-    from ermoe_ba.data.discovery import DiscoveryError, discover
+    from ermoe_ba.data.discovery import discover
     from ermoe_ba.inference.table import write_table_atomic
     from ermoe_ba.models.config import PreprocessConfig
 
     out = writable_folder(out)
-    try:
+    with usage_errors():
         records = discover(inputs)
-    except DiscoveryError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     config = PreprocessConfig(register=register, bias_correction=bias_correction, match_resolution=match_resolution)
     cache = None if no_cache else (cache_dir or default_cache_dir())
     qc_path = out / "qc.tsv"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app, writable_file
+from ermoe_ba.cli.main import WORKERS_HELP, app, usage_errors, writable_file
 
 __all__ = ["parse_overrides", "train"]
 
@@ -151,7 +151,6 @@ def train(
     epoch, so ``--resume`` continues a killed run and ends with the checkpoint an uninterrupted
     run writes.
     """
-    from ermoe_ba.data.discovery import DiscoveryError
     from ermoe_ba.models.config import PreprocessConfig
     from ermoe_ba.training.augment import AugmentConfig
     from ermoe_ba.training.bias import bias_correction_from_table
@@ -168,7 +167,7 @@ def train(
     from ermoe_ba.training.voxel_ridge import train_voxel_ridge
 
     out = writable_file(out)  # before hours of training, not at the save
-    try:
+    with usage_errors():
         model_overrides = parse_overrides(overrides)
         if router is not None:
             model_overrides["router"] = router
@@ -185,9 +184,6 @@ def train(
         check_validation_split(val_fraction, keep)
         resolve_device(device)  # before the scans are conformed, not after
         correction = bias_correction_from_table(calibration) if calibration is not None else None
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     init_distributed()
     state_dir = out.with_name(out.name + ".train-state")
     if not resume and is_main_process() and state_dir.exists():
@@ -195,22 +191,20 @@ def train(
         shutil.rmtree(state_dir)
     barrier()
     try:
-        data = load_cohort(inputs, ages, PreprocessConfig(), cache_dir, progress=progress, workers=workers)
-        if model == "voxel_ridge":
-            factor = int(model_overrides.get("input_pool", 3))
-            path, meta, _ = train_voxel_ridge(
-                data, out if is_main_process() else None, factor=factor, seed=seed, bias_correction=correction
-            )
-            metrics = {"best_alpha": meta["train_config"]["best_alpha"]}
-        else:
-            result = train_brain_age(
-                data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds,
-                bias_correction=correction, member_overrides=member_overrides, state_dir=state_dir,
-            )  # fmt: skip
-            path, metrics = result.checkpoint, result.val_metrics
-    except (DiscoveryError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        with usage_errors():
+            data = load_cohort(inputs, ages, PreprocessConfig(), cache_dir, progress=progress, workers=workers)
+            if model == "voxel_ridge":
+                factor = int(model_overrides.get("input_pool", 3))
+                path, meta, _ = train_voxel_ridge(
+                    data, out if is_main_process() else None, factor=factor, seed=seed, bias_correction=correction
+                )
+                metrics = {"best_alpha": meta["train_config"]["best_alpha"]}
+            else:
+                result = train_brain_age(
+                    data, out, model, model_overrides, config, val_fraction=val_fraction, seeds=seeds,
+                    bias_correction=correction, member_overrides=member_overrides, state_dir=state_dir,
+                )  # fmt: skip
+                path, metrics = result.checkpoint, result.val_metrics
     finally:
         cleanup_distributed()
     if is_main_process():
