@@ -41,11 +41,11 @@ def evaluate(
     from ermoe_ba.training.distributed import resolve_device
     from ermoe_ba.training.evaluate import evaluate_checkpoint
 
-    out = writable_folder(out)
     with usage_errors():
         check_choice("device", device, ("auto", "cpu", "cuda"))  # before the scans are conformed
         resolve_device(device)
         path = resolve_checkpoint(checkpoint)
+        out = writable_folder(out)  # made only once the options are known to be good
         preprocess = PreprocessConfig.from_dict(read_meta(path)["preprocess"])
         data = load_cohort(inputs, ages, preprocess, cache_dir, progress=progress, workers=workers)
         metrics = evaluate_checkpoint(path, data, out, device, batch_size, shift_average)
