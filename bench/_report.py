@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import shlex
 import sys
 from collections.abc import Sequence
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ermoe_ba.training.metrics import mean_sd, regression_metrics
 
@@ -22,9 +25,25 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [shown, *sys.argv[1:]])
 
 
+def machine() -> dict[str, Any]:
+    """The processor a timing ran on: speeds and even speed ratios differ between CPU models.
+
+    One example: the ERMoE/softmax layer ratio of ``moe_layer.py`` measured 0.99-1.01 on one
+    2-core AVX-512 machine and 1.06-1.10 on a 2-core AVX2 one with the same code.
+    """
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "simd": torch.backends.cpu.get_cpu_capability(), "logical_cpus": os.cpu_count()}
+
+
 def emit(result: dict[str, Any], save: Path | None = None) -> str:
-    """Add the ``command``, print ``result`` as one JSON line and write it to ``save`` if given."""
+    """Add the ``command`` and ``machine``, print ``result`` as one JSON line and write it to ``save`` if given."""
     result.setdefault("command", command_line())
+    result.setdefault("machine", machine())
     line = json.dumps(result)
     print(line)
     if save is not None:

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _report import machine
 from torch import nn
 
 from ermoe_ba.layers import EigenExperts, Mlp, MoELayer, active_parameter_count, equal_active_hidden, qr_retract
@@ -214,6 +215,7 @@ def main() -> None:
         + "python "
         + shlex.join(["bench/moe_layer.py", *sys.argv[1:]]),
         "torch": torch.__version__,
+        "machine": machine(),
         "threads": 2,
         "tokens": TOKENS,
         "embed_dim": EMBED_DIM,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, usage_errors, writable_folder
+from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, check_folder, usage_errors, writable_folder
 
 __all__ = ["evaluate"]
 
@@ -45,8 +45,9 @@ def evaluate(
         check_choice("device", device, ("auto", "cpu", "cuda"))  # before the scans are conformed
         resolve_device(device)
         path = resolve_checkpoint(checkpoint)
-        out = writable_folder(out)  # made only once the options are known to be good
+        check_folder(out)
         preprocess = PreprocessConfig.from_dict(read_meta(path)["preprocess"])
         data = load_cohort(inputs, ages, preprocess, cache_dir, progress=progress, workers=workers)
+        out = writable_folder(out)  # made only once the options and scans are known to be good
         metrics = evaluate_checkpoint(path, data, out, device, batch_size, shift_average)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "bias_correction"}))

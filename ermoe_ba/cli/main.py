@@ -6,12 +6,13 @@ Heavy imports (torch, monai, nilearn) happen inside the commands so ``--help`` i
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
-__all__ = ["WORKERS_HELP", "app", "usage_errors", "writable_file", "writable_folder"]
+__all__ = ["WORKERS_HELP", "app", "check_folder", "usage_errors", "writable_file", "writable_folder"]
 
 SHIFT_AVERAGE_HELP = (
     "Average each prediction over whole-voxel shifts of the scan: none, axes_1 (7 copies), cube_1 (27), "
@@ -45,6 +46,15 @@ def usage_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _check_can_make(folder: Path, out: Path, option: str) -> None:
+    """Raise unless ``folder`` is a folder or could be made: its nearest existing ancestor is a writable folder."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise typer.BadParameter(f"{option} {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"{option} {out}: {existing} is not writable")
+
+
 def writable_file(out: Path, option: str = "--out") -> Path:
     """``out`` checked before any work is done for it: a file name whose folder exists or can be made.
 
@@ -55,6 +65,7 @@ def writable_file(out: Path, option: str = "--out") -> Path:
     """
     if out.is_dir():
         raise typer.BadParameter(f"{option} {out} is a folder; give a file name inside it")
+    _check_can_make(out.parent, out, option)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -62,16 +73,32 @@ def writable_file(out: Path, option: str = "--out") -> Path:
     return out
 
 
-def writable_folder(out: Path, option: str = "--out") -> Path:
-    """``out`` made (with its parents) before any work is done for it.
+def check_folder(out: Path, option: str = "--out") -> Path:
+    """``out`` checked as an output folder without making it yet.
+
+    Commands check ``--out`` first and make it (:func:`writable_folder`) only once their inputs
+    are known to be good, so a run refused for its inputs leaves no empty folder behind.
 
     Raises
     ------
     typer.BadParameter
-        ``out`` is an existing file, or it cannot be created.
+        ``out`` is an existing file, sits under a file, or cannot be made for lack of permission.
     """
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{option} {out} is a file; give a folder")
+    _check_can_make(out, out, option)
+    return out
+
+
+def writable_folder(out: Path, option: str = "--out") -> Path:
+    """``out`` checked by :func:`check_folder` and made (with its parents).
+
+    Raises
+    ------
+    typer.BadParameter
+        ``out`` fails :func:`check_folder`, or it cannot be created.
+    """
+    check_folder(out, option)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

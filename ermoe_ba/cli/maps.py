@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app, usage_errors, writable_folder
+from ermoe_ba.cli.main import WORKERS_HELP, app, check_folder, usage_errors
 
 __all__ = ["maps"]
 
@@ -36,7 +36,9 @@ def run_maps(
     resume: bool = False,
 ) -> int:
     """Predict with routing capture, then write maps, tables and the report. Returns the exit code."""
-    from ermoe_ba.cli.predict import report_failures
+    from functools import partial
+
+    from ermoe_ba.cli.predict import report_failures, report_missing_ages
     from ermoe_ba.inference.predictor import BrainAgePredictor
     from ermoe_ba.inference.table import read_table
     from ermoe_ba.interpret.scans import map_scans
@@ -62,6 +64,9 @@ def run_maps(
         progress=not quiet,
         resume=resume,
         on_batch=report_failures,
+        on_discovered=None
+        if ages is None
+        else partial(report_missing_ages, ages=ages, consequence="they are left out of the regional age trends"),
     )
     if result is None:
         typer.echo("error: no scan could be conformed; see predictions.csv for the reasons", err=True)
@@ -103,7 +108,7 @@ def maps(
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
     chosen = _parse_layers(layer)
-    out = writable_folder(out)
+    check_folder(out)  # made by map_scans once the scans are found
     with usage_errors():
         from ermoe_ba.interpret.atlases import list_atlases
 

@@ -35,14 +35,15 @@ def table_path(out: Path) -> Path:
     return writable_file(out)
 
 
-def report_missing_ages(records: list[ScanRecord], ages: Path) -> None:
-    """Say on stderr (also with --quiet) for how many scans ``--ages`` had no age: their gaps stay empty."""
+def report_missing_ages(
+    records: list[ScanRecord], ages: Path, consequence: str = "their brain-age gaps stay empty"
+) -> None:
+    """Say on stderr (also with --quiet) for how many scans ``--ages`` had no age, and what that means."""
     missing = [r.subject_id for r in records if r.age is None]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         typer.echo(
-            f"note: --ages {ages} has no age for {len(missing)} of {len(records)} scans ({shown}); "
-            "their brain-age gaps stay empty",
+            f"note: --ages {ages} has no age for {len(missing)} of {len(records)} scans ({shown}); {consequence}",
             err=True,
         )
 

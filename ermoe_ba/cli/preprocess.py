@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app, usage_errors, writable_folder
+from ermoe_ba.cli.main import WORKERS_HELP, app, check_folder, usage_errors, writable_folder
 
 __all__ = ["preprocess"]
 
@@ -57,9 +57,10 @@ def preprocess(
     from ermoe_ba.inference.table import write_table_atomic
     from ermoe_ba.models.config import PreprocessConfig
 
-    out = writable_folder(out)
+    check_folder(out)
     with usage_errors():
         records = discover(inputs)
+    out = writable_folder(out)
     config = PreprocessConfig(register=register, bias_correction=bias_correction, match_resolution=match_resolution)
     cache = None if no_cache else (cache_dir or default_cache_dir())
     qc_path = out / "qc.tsv"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ermoe_ba.data.discovery import ScanRecord
 from ermoe_ba.inference.predictor import BrainAgePredictor
 from ermoe_ba.inference.routing_io import check_routed_by, load_routing
 from ermoe_ba.inference.table import PredictionTable
@@ -32,12 +33,15 @@ def map_scans(
     figures: bool = True,
     resume: bool = False,
     on_batch: Callable[[list[dict]], None] | None = None,
+    on_discovered: Callable[[list[ScanRecord]], None] | None = None,
 ) -> tuple[MapsResult | None, pd.DataFrame]:
     """Conform and predict ``inputs`` with routing capture, then write maps, tables and report.
 
     Routing traces are kept in ``out_dir/routing/<subject_id>.npz`` and predictions in
     ``out_dir/predictions.csv``; a hybrid ensemble's linear member adds its age-weight map.
     Returns the maps result (None when no scan was usable) and the predictions table.
+    ``on_discovered`` sees the scan records found in ``inputs`` before any work; ``out_dir`` is
+    made only after that, so inputs without scans (``DiscoveryError``) leave no folder behind.
 
     With ``resume=True`` the run continues an earlier one in ``out_dir``: scans already in its
     ``predictions.csv`` (with their routing trace, when they were predicted) are not conformed
@@ -51,6 +55,9 @@ def map_scans(
     """
     out = Path(out_dir)
     records = predictor.discover(list(inputs), ages)
+    if on_discovered is not None:
+        on_discovered(records)
+    out.mkdir(parents=True, exist_ok=True)
     routing_dir = out / "routing"
     table = PredictionTable(out / "predictions.csv", resume=resume)
     table.keep_only(lambda row: row["status"] != "ok" or (routing_dir / f"{row['subject_id']}.npz").exists())

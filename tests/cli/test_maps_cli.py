@@ -23,9 +23,14 @@ runner = CliRunner()
 def test_maps_writes_subject_cohort_native_maps_tables_and_report(checkpoint, ixi_dir, tmp_path):
     scans = [ixi_dir / "t1" / f"{sid}_T1.nii.gz" for sid in ("IXI013-HH-1212", "IXI014-HH-1236")]
     out = tmp_path / "maps"
+    ages = tmp_path / "ages.csv"
+    ages.write_text("subject_id,age\nIXI013-HH-1212_T1,30.5\n")
     args = ["maps", *map(str, scans), "--out", str(out), "--model", str(checkpoint), "--device", "cpu"]
+    args += ["--ages", str(ages)]
     result = runner.invoke(app, [*args, "--atlas", "tissue", "--layer", "1", "-q"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert f"note: --ages {ages} has no age for 1 of 2 scans (IXI014-HH-1236_T1); they are left out" in result.output
+    assert pd.read_csv(out / "region_age_trends.tsv", sep="\t")["n_subjects"].eq(1).all()
     sid = "IXI013-HH-1212_T1"
     mni = nib.load(out / sid / "layer1_top1_expert_space-MNI.nii.gz")
     assert mni.shape == (80, 96, 80)
@@ -63,6 +68,13 @@ def test_maps_rejects_unknown_atlas_and_layer(checkpoint, tmp_path):
     a_file.write_text("not a folder")
     result = runner.invoke(app, ["maps", scan, "--out", str(a_file)])
     assert result.exit_code == 2 and "is a file" in " ".join(result.output.replace("│", " ").split())
+    result = runner.invoke(app, ["maps", scan, "--out", str(a_file / "maps")])
+    assert result.exit_code == 2 and f"{a_file} is a file" in " ".join(result.output.replace("│", " ").split())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["maps", str(empty), "--out", str(tmp_path / "maps"), "--model", str(checkpoint)])
+    assert result.exit_code == 2 and "no scans found" in result.output
+    assert not (tmp_path / "maps").exists()  # a refused run leaves no folder behind
 
 
 @pytest.mark.slow

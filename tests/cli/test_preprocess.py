@@ -36,6 +36,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     empty.mkdir()
     result = _run(str(empty), "--out", str(tmp_path / "o"))
     assert result.exit_code == 2 and "no scans found" in result.output
+    assert not (tmp_path / "o").exists()  # a refused run leaves no folder behind
     a_file = tmp_path / "taken"
     a_file.write_text("not a folder")
     result = _run(str(empty), "--out", str(a_file))

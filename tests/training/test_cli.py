@@ -97,6 +97,14 @@ def test_evaluate_takes_the_bundled_model_by_name(tmp_path):
     assert len(table) == 3 and (tmp_path / "ev" / "scatter.png").is_file()
 
 
+def test_evaluate_without_scans_exits_2_and_makes_no_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["evaluate", "default", str(empty), "-o", str(tmp_path / "ev"), "--device", "cpu"])
+    assert result.exit_code == 2 and f"no scans found in {empty}" in result.output
+    assert not (tmp_path / "ev").exists()
+
+
 def test_evaluate_unknown_device_exits_2_naming_the_choices(tmp_path):
     args = ["evaluate", str(tmp_path / "m.safetensors"), str(tmp_path), "-o", str(tmp_path), "--device", "gpu"]
     result = runner.invoke(app, args)
