@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from typer.testing import CliRunner
 
 from ermoe_ba.cli.main import app
 from ermoe_ba.inference import BrainAgePredictor, bundled_models, resolve_checkpoint
-from ermoe_ba.inference.pretrained import sha256_of
+from ermoe_ba.inference.pretrained import _sha256, sha256_of
 from ermoe_ba.inference.table import PREDICTION_COLUMNS, read_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +24,18 @@ REPO = Path(__file__).resolve().parents[2]
 def predictor() -> BrainAgePredictor:
     return BrainAgePredictor.from_pretrained("default", device="cpu")
 
+
+def test_sha256_is_read_once_per_file_version(tmp_path):
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"a" * 10)
+    assert sha256_of(weights) == hashlib.sha256(b"a" * 10).hexdigest()
+    hits = _sha256.cache_info().hits
+    assert sha256_of(weights) == hashlib.sha256(b"a" * 10).hexdigest()
+    assert _sha256.cache_info().hits == hits + 1
+    written = weights.stat().st_mtime_ns
+    weights.write_bytes(b"b" * 10)  # same size, rewritten in place
+    os.utime(weights, ns=(written + 10**9, written + 10**9))
+    assert sha256_of(weights) == hashlib.sha256(b"b" * 10).hexdigest()
 
 def test_manifest_names_a_default_whose_checksum_and_licence_hold():
     manifest = bundled_models()
