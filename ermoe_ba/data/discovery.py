@@ -6,13 +6,16 @@ else the file (or DICOM folder) name without extension; ids are made unique with
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "AGE_RANGE_YEARS",
     "IMAGE_SUFFIXES",
+    "MISSING_AGE_MARKERS",
     "DiscoveryError",
     "ScanRecord",
     "discover",
@@ -24,6 +27,8 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
 _TABLE_SUFFIXES = (".csv", ".tsv")
 _PATH_COLUMNS = ("path", "file", "filename", "image", "t1", "t1w")
 _ID_COLUMNS = ("subject_id", "participant_id", "subject", "id")
+MISSING_AGE_MARKERS = ("", "n/a", "na", "nan", "none", "null", "unknown", "-", "?")
+AGE_RANGE_YEARS = (0.0, 130.0)  # outside it an age is a typo or in other units (months, days)
 
 
 class DiscoveryError(ValueError):
@@ -78,18 +83,38 @@ def _column(table, names: Sequence[str]) -> str | None:
     return next((name for name in names if name in table.columns), None)
 
 
-def _parse_age(text: str) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
+def _parse_age(text: str, where: str) -> float | None:
+    """Age in years; None for an empty cell or a missing-value marker (``MISSING_AGE_MARKERS``).
+
+    Raises
+    ------
+    DiscoveryError
+        Anything else that is not a number in ``AGE_RANGE_YEARS`` (``where`` names the table and row):
+        a typo would otherwise leave the scan's gap empty, or train on a wrong age, without a word.
+    """
+    cleaned = str(text).strip()
+    if cleaned.lower() in MISSING_AGE_MARKERS:
         return None
-    return value if value == value else None  # NaN → missing
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise DiscoveryError(f"{where}: age {cleaned!r} is not a number (leave it empty or n/a if unknown)") from None
+    low, high = AGE_RANGE_YEARS
+    if not (math.isfinite(value) and low <= value <= high):
+        raise DiscoveryError(f"{where}: age {cleaned} is not between {low:g} and {high:g} years")
+    return value
 
 
 def read_age_table(path: str | Path) -> dict[str, float]:
     """Ages by subject id from a CSV/TSV (``subject_id`` or ``participant_id``, and ``age`` columns).
 
-    Rows with an empty or non-numeric age are left out.
+    Rows with an empty age or a missing-value marker (``n/a``, ``NA``, ...) are left out.
+
+    Raises
+    ------
+    DiscoveryError
+        The file is missing or unreadable or lacks the columns; an age is not a number of years
+        (:data:`AGE_RANGE_YEARS`); one subject has two different ages.
 
     Examples
     --------
@@ -106,11 +131,15 @@ def read_age_table(path: str | Path) -> dict[str, float]:
             f"{path}: an age table needs a subject id column ({', '.join(_ID_COLUMNS)}) and an 'age' "
             f"column; found {list(table.columns)}"
         )
-    ages = {}
-    for sid, age in zip(table[id_col], table[age_col], strict=True):
-        value = _parse_age(age)
-        if sid.strip() and value is not None:
-            ages[sid.strip()] = value
+    ages: dict[str, float] = {}
+    for row, (sid, age) in enumerate(zip(table[id_col], table[age_col], strict=True), start=2):
+        sid = sid.strip()
+        value = _parse_age(age, f"{path} line {row} ({sid or 'no id'})")
+        if not sid or value is None:
+            continue
+        if ages.get(sid, value) != value:
+            raise DiscoveryError(f"{path}: subject {sid} has two different ages ({ages[sid]:g} and {value:g})")
+        ages[sid] = value
     return ages
 
 
@@ -124,11 +153,11 @@ def _from_table(path: Path) -> list[ScanRecord]:
         )
     id_col, age_col = _column(table, _ID_COLUMNS), _column(table, ("age",))
     records = []
-    for _, row in table.iterrows():
+    for line, (_, row) in enumerate(table.iterrows(), start=2):
         scan = Path(row[path_col].strip()).expanduser()
         scan = scan if scan.is_absolute() else path.parent / scan
         sid = row[id_col].strip() if id_col and row[id_col].strip() else subject_id_from_path(scan)
-        age = _parse_age(row[age_col]) if age_col else None
+        age = _parse_age(row[age_col], f"{path} line {line} ({sid})") if age_col else None
         records.append(ScanRecord(sid, scan, age, "table"))
     return records
 

@@ -6,14 +6,18 @@ problem, so that a batch can record it and go on.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FOV_RANGE_MM",
+    "MAX_NOT_FINITE_FRACTION",
     "SPACING_RANGE_MM",
     "LoadedScan",
     "ScanError",
@@ -24,6 +28,7 @@ __all__ = [
 ]
 
 SPACING_RANGE_MM = (0.2, 8.0)
+MAX_NOT_FINITE_FRACTION = 0.5  # more NaN/inf voxels than this: not a usable scan
 FOV_RANGE_MM = (80.0, 600.0)
 
 
@@ -107,6 +112,10 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def validate_array(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Check shape, values and geometry; return a float32 3D array and its affine.
 
+    NaN or infinite voxels are read as 0 (background: tools that resample or mask images write NaN
+    outside the brain or field of view) unless they are more than ``MAX_NOT_FINITE_FRACTION`` of
+    the volume.
+
     Raises
     ------
     ValueError
@@ -127,8 +136,11 @@ def validate_array(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise ValueError(f"data type {data.dtype} is not a real-valued image")
     data = np.asarray(data, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
-        raise ValueError(f"{int(np.sum(~np.isfinite(data)))} voxels are NaN or infinite")
+    not_finite = ~np.isfinite(data)
+    if not_finite.any():
+        if not_finite.mean() > MAX_NOT_FINITE_FRACTION:
+            raise ValueError(f"{int(not_finite.sum())} of {data.size} voxels are NaN or infinite")
+        data = np.where(not_finite, np.float32(0), data)  # background, as SPM- or FSL-written images mean it
     if float(data.max()) == float(data.min()):
         what = "all zero" if float(data.max()) == 0.0 else f"constant ({float(data.max()):g})"
         raise ValueError(f"image is {what}; expected a T1 scan")
@@ -190,10 +202,14 @@ def load_scan(path: str | Path) -> LoadedScan:
         kind = "DICOM series" if path.is_dir() else "image"
         detail = " ".join(str(err).split())[:160] or type(err).__name__
         raise ScanError(path, f"unreadable or truncated {kind} ({type(err).__name__}: {detail})") from None
+    floating = np.issubdtype(data.dtype, np.floating)
+    not_finite_count = int(np.count_nonzero(~np.isfinite(data))) if floating else 0
     try:
         data, affine = validate_array(data, affine)
     except ValueError as err:
         raise ScanError(path, str(err)) from None
+    if not_finite_count:
+        log.warning("%s: %d NaN or infinite voxels read as 0 (background)", path, not_finite_count)
     native_shape = tuple(int(s) for s in data.shape)
     ras, ras_affine = reorient_ras(data, affine)
     return LoadedScan(data=ras, affine=ras_affine, native_affine=affine, native_shape=native_shape)

@@ -229,6 +229,11 @@ def test_usage_errors_exit_2(checkpoint, tmp_path):
     assert runner.invoke(app, ["predict", "--batch-size", "0", str(scan)]).exit_code == 2
     spreadsheet = _predict(scan, "--out", tmp_path / "p.xlsx")  # refused before any work, not CSV in disguise
     assert spreadsheet.exit_code == 2 and "p.xlsx" in spreadsheet.output and not (tmp_path / "p.xlsx").exists()
+    typo = tmp_path / "ages.csv"
+    typo.write_text("subject_id,age\nx,forty\n")
+    result = _predict(scan, "--model", checkpoint, "--ages", typo, "--out", tmp_path / "p.csv")
+    assert result.exit_code == 2 and "age 'forty' is not a number" in result.output
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_help_lists_every_option():

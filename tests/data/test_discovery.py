@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -126,6 +127,36 @@ def test_age_table_overrides_and_matches_id_prefixes(tmp_path: Path) -> None:
     by_id = {r.subject_id: r.age for r in discover([tmp_path], ages=ages)}
     assert by_id == {"IXI013-HH-1212_T1": 46.71, "other": None}
 
+
+
+def test_age_table_missing_markers_and_repeated_rows(tmp_path: Path) -> None:
+    ages = tmp_path / "ages.csv"
+    ages.write_text("subject_id,age\na, n/a\nb,NA\nc,nan\nd,\ne,40.5\ne,40.50\nf,0.5\n")
+    assert read_age_table(ages) == {"e": 40.5, "f": 0.5}  # the same age twice is no conflict
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("s1,40\ns2,forty\n", "ages.csv line 3 (s2): age 'forty' is not a number"),
+        ("s1,480\n", "ages.csv line 2 (s1): age 480 is not between 0 and 130 years"),
+        ("s1,-3\n", "age -3 is not between 0 and 130 years"),
+        ("s1,inf\n", "age inf is not between"),
+        ("s1,50\ns1,51\n", "ages.csv: subject s1 has two different ages (50 and 51)"),
+    ],
+)
+def test_age_table_typos_are_errors_naming_the_row(tmp_path: Path, rows: str, message: str) -> None:
+    ages = tmp_path / "ages.csv"
+    ages.write_text("subject_id,age\n" + rows)
+    with pytest.raises(DiscoveryError, match=re.escape(message)):
+        read_age_table(ages)
+
+
+def test_scan_table_age_typo_is_an_error_naming_the_row(tmp_path: Path) -> None:
+    _nifti(tmp_path / "x.nii.gz")
+    (tmp_path / "list.csv").write_text("path,age\nx.nii.gz,4O\n")
+    with pytest.raises(DiscoveryError, match=re.escape("list.csv line 2 (x): age '4O' is not a number")):
+        discover([tmp_path / "list.csv"])
 
 def test_dicom_series_folder_is_one_record(tmp_path: Path) -> None:
     folder = _dicom_series(tmp_path / "patient" / "t1_mprage")

@@ -24,6 +24,21 @@ def test_each_bad_input_has_a_one_line_error_naming_the_file(tmp_path: Path) -> 
         assert "install" not in message, (name, message)  # not MONAI's "no suitable reader" advice
 
 
+
+def test_nan_and_infinite_voxels_are_background_with_a_warning(tmp_path: Path, caplog) -> None:
+    data = synthetic_head()
+    holed = data.copy()
+    holed[:5] = np.nan  # as written by tools that resample or mask: outside the field of view
+    holed[-1, -1, -1] = np.inf
+    path = save_nifti(tmp_path / "holed.nii.gz", holed)
+    with caplog.at_level("WARNING", logger="ermoe_ba.data.io"):
+        scan = load_scan(path)
+    expected = data.copy()
+    expected[:5] = 0
+    expected[-1, -1, -1] = 0
+    np.testing.assert_array_equal(scan.data, load_scan(save_nifti(tmp_path / "zeroed.nii.gz", expected)).data)
+    assert f"{path}: {5 * data.shape[1] * data.shape[2] + 1} NaN or infinite voxels read as 0" in caplog.text
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ScanError, match="does not exist"):
         load_scan(tmp_path / "gone.nii.gz")
