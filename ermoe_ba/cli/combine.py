@@ -7,12 +7,12 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import app, usage_errors, writable_file
+from ermoe_ba.cli.main import PANEL_TRAIN, app, usage_errors, writable_file
 
 __all__ = ["combine"]
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_TRAIN)
 def combine(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Two or more checkpoints of one model, trained on the same scans."

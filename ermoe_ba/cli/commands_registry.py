@@ -1,14 +1,10 @@
-"""Imports every command module so its ``@app.command`` decorators run."""
+"""Imports every command module so its ``@app.command`` decorators run, in the order ``--help`` lists them."""
 
 from __future__ import annotations
 
-from ermoe_ba.cli import (  # noqa: F401
-    combine,
-    demo,
-    evaluate,
-    maps,
-    merge,
-    predict,
-    preprocess,
-    train,
-)
+import importlib
+
+COMMAND_MODULES = ("predict", "maps", "evaluate", "demo", "preprocess", "merge", "train", "combine")
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(f"ermoe_ba.cli.{_module}")

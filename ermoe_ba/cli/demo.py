@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import app
+from ermoe_ba.cli.main import PANEL_PREDICT, app
 from ermoe_ba.cli.predict import run_predict, table_path
 
 __all__ = ["demo"]
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_PREDICT)
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the table.")] = Path(
         "demo_predictions.csv"

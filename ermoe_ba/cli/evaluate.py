@@ -7,12 +7,20 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, check_folder, usage_errors, writable_folder
+from ermoe_ba.cli.main import (
+    PANEL_PREDICT,
+    SHIFT_AVERAGE_HELP,
+    WORKERS_HELP,
+    app,
+    check_folder,
+    usage_errors,
+    writable_folder,
+)
 
 __all__ = ["evaluate"]
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_PREDICT)
 def evaluate(
     checkpoint: str = typer.Argument(
         ..., help="Checkpoint written by `ermoe-ba train` or `combine`, or a bundled model name (default)."

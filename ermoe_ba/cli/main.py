@@ -23,6 +23,9 @@ WORKERS_HELP = (
     "N4 and registration run on one thread in each process."
 )
 
+# --help groups the commands under these headings
+PANEL_PREDICT, PANEL_DATA, PANEL_TRAIN, PANEL_ABOUT = "Predict and explain", "Scans and tables", "Train", "About"
+
 app = typer.Typer(
     name="ermoe-ba",
     help="Brain age from T1-weighted MRI with an ERMoE mixture-of-experts transformer.",
@@ -106,13 +109,13 @@ def writable_folder(out: Path, option: str = "--out") -> Path:
     return out
 
 
-@app.command()
+# Command modules register themselves on import (commands_registry.COMMAND_MODULES sets the order).
+from ermoe_ba.cli import commands_registry  # noqa: E402,F401
+
+
+@app.command(rich_help_panel=PANEL_ABOUT)
 def version() -> None:
     """Print the package version."""
     from ermoe_ba import __version__
 
     typer.echo(__version__)
-
-
-# Command modules register themselves on import; keep one line per module below.
-from ermoe_ba.cli import commands_registry  # noqa: E402,F401

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app, check_folder, usage_errors
+from ermoe_ba.cli.main import PANEL_PREDICT, WORKERS_HELP, app, check_folder, usage_errors
 
 __all__ = ["maps"]
 
@@ -79,7 +79,7 @@ def run_maps(
     return 0 if mapped == len(frame) and not result.errors else 1
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_PREDICT)
 def maps(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders, DICOM series, BIDS roots, tables.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("ermoe_maps"),

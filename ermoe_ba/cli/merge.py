@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from ermoe_ba.cli.main import app, usage_errors
+from ermoe_ba.cli.main import PANEL_DATA, app, usage_errors
 from ermoe_ba.cli.predict import table_path
 
 __all__ = ["merge"]
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_DATA)
 def merge(
     parts: Annotated[
         list[Path], typer.Argument(help="Part tables written by predict --num-parts/--part-id.")

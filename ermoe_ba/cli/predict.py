@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ermoe_ba.cli.main import SHIFT_AVERAGE_HELP, WORKERS_HELP, app, usage_errors, writable_file
+from ermoe_ba.cli.main import PANEL_PREDICT, SHIFT_AVERAGE_HELP, WORKERS_HELP, app, usage_errors, writable_file
 
 if TYPE_CHECKING:
     from ermoe_ba.data.discovery import ScanRecord
@@ -139,7 +139,7 @@ def run_predict(
     return 0 if (frame["status"] == "ok").all() else 1
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_PREDICT)
 def predict(
     inputs: Annotated[
         list[Path], typer.Argument(help="NIfTI files, folders, DICOM series, BIDS roots, CSV/TSV tables.")

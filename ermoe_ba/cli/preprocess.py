@@ -6,14 +6,14 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app, check_folder, usage_errors, writable_folder
+from ermoe_ba.cli.main import PANEL_DATA, WORKERS_HELP, app, check_folder, usage_errors, writable_folder
 
 __all__ = ["preprocess"]
 
 QC_COLUMNS = ("subject_id", "path", "output", "qc_score", "status", "error")
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_DATA)
 def preprocess(
     inputs: list[Path] = typer.Argument(
         ...,

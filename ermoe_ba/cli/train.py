@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ermoe_ba.cli.main import WORKERS_HELP, app, usage_errors, writable_file
+from ermoe_ba.cli.main import PANEL_TRAIN, WORKERS_HELP, app, usage_errors, writable_file
 
 __all__ = ["parse_overrides", "train"]
 
@@ -46,7 +46,7 @@ def parse_members(items: list[str]) -> list[dict] | None:
     return out
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_TRAIN)
 def train(
     inputs: list[Path] = typer.Argument(
         ...,
