@@ -6,6 +6,7 @@ else the file (or DICOM folder) name without extension; ids are made unique with
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ __all__ = [
     "read_age_table",
     "subject_id_from_path",
 ]
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
 _TABLE_SUFFIXES = (".csv", ".tsv")
@@ -211,6 +214,18 @@ def _search_folder(root: Path) -> list[ScanRecord]:
     return records
 
 
+def _drop_repeats(records: list[ScanRecord]) -> list[ScanRecord]:
+    """The first record of every file: overlapping inputs (a folder and a file in it) name a scan once."""
+    first: dict[str, ScanRecord] = {}
+    for record in records:
+        key = os.path.realpath(record.path)
+        if key in first:
+            log.warning("%s is in the inputs twice; it is read once, as %s", record.path, first[key].subject_id)
+        else:
+            first[key] = record
+    return list(first.values())
+
+
 def _unique(records: list[ScanRecord]) -> list[ScanRecord]:
     seen: dict[str, int] = {}
     for record in records:
@@ -240,7 +255,7 @@ def _apply_ages(records: list[ScanRecord], ages: dict[str, float]) -> None:
 
 
 def discover(inputs: Sequence[str | Path], ages: str | Path | None = None) -> list[ScanRecord]:
-    """One :class:`ScanRecord` per scan found in ``inputs``, in input order.
+    """One :class:`ScanRecord` per scan found in ``inputs``, in input order; a file found twice counts once.
 
     Parameters
     ----------
@@ -283,6 +298,7 @@ def discover(inputs: Sequence[str | Path], ages: str | Path | None = None) -> li
             f"no scans found in {shown} (looked for .nii, .nii.gz and .mgz files, DICOM series, "
             "BIDS anat/*_T1w images and CSV/TSV tables of paths)"
         )
+    records = _drop_repeats(records)
     if ages is not None:
         _apply_ages(records, read_age_table(ages))
     return _unique(records)

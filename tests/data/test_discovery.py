@@ -158,6 +158,18 @@ def test_scan_table_age_typo_is_an_error_naming_the_row(tmp_path: Path) -> None:
     with pytest.raises(DiscoveryError, match=re.escape("list.csv line 2 (x): age '4O' is not a number")):
         discover([tmp_path / "list.csv"])
 
+
+def test_a_file_reached_twice_is_one_record(tmp_path: Path, caplog) -> None:
+    scan = _nifti(tmp_path / "a" / "s.nii.gz")
+    _nifti(tmp_path / "b" / "s.nii.gz")
+    with caplog.at_level("WARNING", logger="ermoe_ba.data.discovery"):
+        records = discover([tmp_path, scan, tmp_path / "a" / ".." / "a" / "s.nii.gz"])
+    assert [(r.subject_id, r.path) for r in records] == [
+        ("s", tmp_path / "a" / "s.nii.gz"),
+        ("b_s", tmp_path / "b" / "s.nii.gz"),
+    ]
+    assert caplog.text.count("is in the inputs twice; it is read once, as s") == 2
+
 def test_dicom_series_folder_is_one_record(tmp_path: Path) -> None:
     folder = _dicom_series(tmp_path / "patient" / "t1_mprage")
     _nifti(tmp_path / "patient" / "extra.nii.gz")
