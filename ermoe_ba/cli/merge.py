@@ -34,9 +34,9 @@ def merge(
     if missing:
         raise typer.BadParameter(f"part tables not found: {', '.join(missing)}")
     out = table_path(out)
-    with usage_errors():
+    with usage_errors():  # a part that is no predictions table stops the merge before anything is written
         description = merged_run_description(parts)
-    frame = merge_tables(parts, out)
+        frame = merge_tables(parts, out)
     if description is not None:
         write_run_description(out, description)
     else:

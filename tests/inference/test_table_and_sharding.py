@@ -86,3 +86,19 @@ def test_reading_a_foreign_table_names_missing_columns(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="missing columns"):
         read_table(path)
+
+
+def test_merging_a_foreign_table_is_a_usage_error_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from ermoe_ba.cli.main import app
+
+    part = tmp_path / "part0.csv"
+    table = PredictionTable(part)
+    table.add([_row("s1")])
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    out = tmp_path / "merged.csv"
+    result = CliRunner().invoke(app, ["merge", str(part), str(other), "--out", str(out)])
+    assert result.exit_code == 2 and f"{other}: not a predictions table" in result.output
+    assert not out.exists()
