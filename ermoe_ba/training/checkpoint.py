@@ -82,21 +82,25 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        meta_json = header.get(_META_KEY)
-    else:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(payload, dict) or "state_dict" not in payload:
-            raise ValueError(f"{path} is not an ermoe-ba checkpoint (no state_dict/meta_json entries)")
-        state, meta_json = payload["state_dict"], payload.get("meta_json")
-    if not meta_json:
+            with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+                header = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+            meta_json = header.get(_META_KEY)
+        else:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+            if not isinstance(payload, dict) or "state_dict" not in payload:
+                raise ValueError("no state_dict/meta_json entries")
+            state, meta_json = payload["state_dict"], payload.get("meta_json")
+        meta = json.loads(meta_json) if meta_json else None
+    except Exception as err:  # safetensors, pickle and json readers raise many types for a foreign file
+        detail = " ".join(str(err).split())[:160] or type(err).__name__
+        raise ValueError(f"{path} is not a readable ermoe-ba checkpoint ({type(err).__name__}: {detail})") from None
+    if meta is None:
         raise ValueError(f"{path} has no ermoe-ba metadata; it was not written by save_checkpoint")
-    meta = json.loads(meta_json)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} has format {meta.get('format')!r}; this version reads {CHECKPOINT_FORMAT!r}")
     return state, meta

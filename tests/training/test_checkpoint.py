@@ -63,6 +63,11 @@ def test_not_a_checkpoint_raises_with_the_path(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
         load_checkpoint(tmp_path / "missing.safetensors")
+    foreign = {"table.csv": b"a,b\n1,2\n", "cut.safetensors": b"garbage", "cut.pt": b"\x80\x02garbage"}
+    for name, content in foreign.items():  # one ValueError naming the file, whatever the reader raised
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name} is not a readable ermoe-ba checkpoint \("):
+            read_meta(tmp_path / name)
 
 
 def test_train_brain_age_stores_target_stats_bias_and_data_description(tmp_path, synthetic):
