@@ -133,6 +133,7 @@ class ModelConfig:
     score: str = "subspace"
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         check_choice("input_type", self.input_type, ("image", "tokens"))
         check_choice("score", self.score, EIGEN_SCORES)
         check_choice("router", self.router, ROUTERS)
@@ -164,6 +165,36 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(**_tuple_fields(data, cls))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_TYPE_CHECKS: dict[str, tuple[str, Any]] = {
+    "int": ("an integer", _is_int),
+    "float": ("a number", lambda v: _is_int(v) or isinstance(v, float)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "tuple[int, ...]": ("a list of integers", lambda v: isinstance(v, (tuple, list)) and all(map(_is_int, v))),
+}
+
+
+def _check_field_types(config: Any) -> None:
+    """Raise ValueError naming the field when a value (e.g. from ``--set key=value``) has the wrong type.
+
+    Annotations are read as text (``"int | None"`` allows None, ``"A | B"`` either); a field
+    with an annotation not covered here is not checked.
+    """
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        options = [part.strip() for part in str(item.type).split("|")]
+        if value is None and "None" in options:
+            continue
+        checks = [_TYPE_CHECKS[option] for option in options if option in _TYPE_CHECKS]
+        if len(checks) == len([o for o in options if o != "None"]) and not any(ok(value) for _, ok in checks):
+            wanted = " or ".join(name for name, _ in checks) + (" or null" if "None" in options else "")
+            raise ValueError(f"{type(config).__name__}.{item.name}={value!r}: expected {wanted}")
 
 
 @dataclass

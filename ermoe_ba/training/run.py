@@ -44,10 +44,12 @@ class TrainResult:
 
 
 def check_validation_split(val_fraction: float, keep: str) -> None:
-    """Raise ValueError when ``val_fraction=0`` (train on every scan) meets ``keep="best"``.
+    """Raise ValueError unless ``val_fraction`` is 0 (train on every scan, needs ``keep="last"``) or in (0, 0.5).
 
     Called by :func:`train_brain_age` and, before any scan is conformed, by ``ermoe-ba train``.
     """
+    if val_fraction != 0 and not 0 < val_fraction < 0.5:
+        raise ValueError(f"val_fraction={val_fraction} must be 0 (train on every scan) or lie in (0, 0.5)")
     if val_fraction == 0 and keep != "last":
         raise ValueError(
             "val_fraction=0 leaves no validation scans to pick an epoch: it needs keep='last' "

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -135,6 +137,27 @@ def test_configs_round_trip_through_dicts():
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({"embed_dimm": 3})
 
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"depth": "4"}, "ModelConfig.depth='4': expected an integer"),
+        ({"depth": 4.0}, "ModelConfig.depth=4.0: expected an integer"),
+        ({"mlp_ratio": "2"}, "ModelConfig.mlp_ratio='2': expected a number"),
+        ({"disjoint_bases": "yes"}, "ModelConfig.disjoint_bases='yes': expected true or false"),
+        ({"expert_rank": 1.5}, "ModelConfig.expert_rank=1.5: expected an integer or null"),
+        ({"patch_size": [8, "8", 8]}, "ModelConfig.patch_size=[8, '8', 8]: expected a list of integers or an integer"),
+    ],
+)
+def test_config_values_of_the_wrong_type_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ModelConfig(**overrides)
+
+
+def test_config_accepts_ints_for_floats_lists_for_tuples_and_none_where_allowed():
+    config = ModelConfig(mlp_ratio=2, img_size=[64, 64, 64], patch_size=[8, 8, 8], expert_rank=None)
+    assert config.img_size == (64, 64, 64) and config.patch_size == (8, 8, 8) and config.mlp_ratio == 2
 
 def test_brain_age_model_follows_a_custom_grid():
     pre = PreprocessConfig(voxel_size=4.0, grid_shape=(40, 48, 40), grid_origin=(-80, -112, -74))

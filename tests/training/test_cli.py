@@ -47,6 +47,9 @@ def test_bad_option_is_a_usage_error_with_a_hint(tmp_path, option, value, hint):
         (["--member", "{stem"], "--member '{stem' is not a JSON object"),
         (["--member", "{}", "--member", '{"stem": "sfcn"}'], "conv_pool"),
         (["--seeds", "3", "--member", "{}", "--member", "{}"], "seeds=3 disagrees with 2 member_overrides"),
+        (["--val-fraction", "0.6"], "val_fraction=0.6 must be 0 (train on every scan) or lie in (0, 0.5)"),
+        (["--set", "embed_dim=abc"], "ModelConfig.embed_dim='abc': expected an integer"),
+        (["--set", "qkv_bias=1"], "ModelConfig.qkv_bias=1: expected true or false"),
     ],
 )
 def test_training_on_every_scan_needs_keep_last_and_a_readable_calibration(tmp_path, extra, problem):
