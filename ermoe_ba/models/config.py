@@ -8,6 +8,7 @@ preprocessing, the patch embedding and the interpretability mapping all read.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,12 +169,12 @@ class ModelConfig:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # NumPy integers too
 
 
 _TYPE_CHECKS: dict[str, tuple[str, Any]] = {
     "int": ("an integer", _is_int),
-    "float": ("a number", lambda v: _is_int(v) or isinstance(v, float)),
+    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "str": ("a string", lambda v: isinstance(v, str)),
     "tuple[int, ...]": ("a list of integers", lambda v: isinstance(v, (tuple, list)) and all(map(_is_int, v))),
