@@ -83,6 +83,7 @@ class BrainAgePredictor:
         self.shift_average = checkpoint_shift_average(meta) if shift_average is None else shift_average
         self.offsets = named_offsets(self.shift_average)
         self.checkpoint_sha256: str | None = None  # set when loaded from a file: names the weights
+        self.name = str(meta.get("model_name", "model"))  # from_pretrained: the name or path it was given
 
     @classmethod
     def from_pretrained(

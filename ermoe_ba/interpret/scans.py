@@ -14,6 +14,7 @@ from ermoe_ba.inference.routing_io import check_routed_by, load_routing
 from ermoe_ba.inference.table import PredictionTable
 from ermoe_ba.interpret.build import MapsResult, build_maps
 from ermoe_ba.interpret.linear_weights import age_weight_img, linear_members
+from ermoe_ba.layers import MoELayer
 
 __all__ = ["map_scans"]
 
@@ -47,12 +48,18 @@ def map_scans(
     ``predictions.csv`` (with their routing trace, when they were predicted) are not conformed
     again, and the tables, cohort maps and report cover the earlier scans and the new ones.
     Without it, the table is replaced and only this run's scans enter the cohort maps. Resuming a
-    run made with another checkpoint raises ValueError before anything is written.
+    run made with another checkpoint, or a model without MoE layers, raises ValueError before
+    anything is written.
 
     Examples
     --------
     >>> result, table = map_scans(BrainAgePredictor.from_pretrained(), ["scans/"], "maps")  # doctest: +SKIP
     """
+    if not any(isinstance(module, MoELayer) for module in predictor.model.modules()):
+        raise ValueError(
+            f"model {predictor.name} has no mixture-of-experts layer, so there is no expert routing to map; "
+            "give an ERMoE or softmax-MoE model (its router is 'dense' or it is a linear model)"
+        )
     out = Path(out_dir)
     records = predictor.discover(list(inputs), ages)
     if on_discovered is not None:
