@@ -82,6 +82,8 @@ def run_predict(
     if world > 1:
         num_parts, part_id = world, rank
     predictor = BrainAgePredictor.from_pretrained(model, device=device, shift_average=shift_average)
+    if save_routing is not None:
+        predictor.check_has_experts("save")
     discovered = predictor.discover(inputs, ages)
     if ages is not None and rank == 0:
         report_missing_ages(discovered, ages)

@@ -19,6 +19,7 @@ from ermoe_ba.data.discovery import ScanRecord, discover, subject_id_from_path
 from ermoe_ba.inference.pretrained import DEFAULT_MODEL, resolve_checkpoint, sha256_of
 from ermoe_ba.inference.routing_io import save_routing
 from ermoe_ba.inference.table import PREDICTION_COLUMNS
+from ermoe_ba.layers import MoELayer
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.bias import AgeBiasCorrection
 from ermoe_ba.training.checkpoint import load_checkpoint
@@ -100,6 +101,19 @@ class BrainAgePredictor:
         predictor.name = str(name_or_path)
         predictor.checkpoint_sha256 = sha256_of(path)
         return predictor
+
+    @property
+    def has_experts(self) -> bool:
+        """Whether the model has a mixture-of-experts layer, i.e. routing to save or map."""
+        return any(isinstance(module, MoELayer) for module in self.model.modules())
+
+    def check_has_experts(self, purpose: str) -> None:
+        """Raise ValueError naming the model and ``purpose`` when it has no mixture-of-experts layer."""
+        if not self.has_experts:
+            raise ValueError(
+                f"model {self.name} has no mixture-of-experts layer, so there is no expert routing to {purpose}; "
+                "give an ERMoE or softmax-MoE model (its router is 'dense' or it is a linear model)"
+            )
 
     @property
     def model_name(self) -> str:

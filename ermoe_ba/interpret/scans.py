@@ -14,7 +14,6 @@ from ermoe_ba.inference.routing_io import check_routed_by, load_routing
 from ermoe_ba.inference.table import PredictionTable
 from ermoe_ba.interpret.build import MapsResult, build_maps
 from ermoe_ba.interpret.linear_weights import age_weight_img, linear_members
-from ermoe_ba.layers import MoELayer
 
 __all__ = ["map_scans"]
 
@@ -55,11 +54,7 @@ def map_scans(
     --------
     >>> result, table = map_scans(BrainAgePredictor.from_pretrained(), ["scans/"], "maps")  # doctest: +SKIP
     """
-    if not any(isinstance(module, MoELayer) for module in predictor.model.modules()):
-        raise ValueError(
-            f"model {predictor.name} has no mixture-of-experts layer, so there is no expert routing to map; "
-            "give an ERMoE or softmax-MoE model (its router is 'dense' or it is a linear model)"
-        )
+    predictor.check_has_experts("map")
     out = Path(out_dir)
     records = predictor.discover(list(inputs), ages)
     if on_discovered is not None:

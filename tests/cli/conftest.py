@@ -24,3 +24,12 @@ def checkpoint(tmp_path_factory) -> Path:
         bias_correction={"slope": 0.5, "intercept": 25.0, "n": 10, "fitted_on": "test"},
     )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model, meta)
+
+
+@pytest.fixture(scope="session")
+def dense_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny model without experts (router "dense"): nothing routed to save or map."""
+    overrides = {"embed_dim": 32, "depth": 2, "num_heads": 2, "router": "dense"}
+    model = create_model("ermoe_ba_tiny", **overrides)
+    meta = build_meta(model, "ermoe_ba_tiny", model_overrides=overrides, target={"mean": 50.0, "std": 15.0})
+    return save_checkpoint(tmp_path_factory.mktemp("dense") / "dense.safetensors", model, meta)

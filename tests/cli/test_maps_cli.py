@@ -78,18 +78,14 @@ def test_maps_rejects_unknown_atlas_and_layer(checkpoint, tmp_path):
 
 
 
-def test_maps_of_a_model_without_experts_is_refused_before_any_work(tmp_path):
-    from ermoe_ba.models import create_model
-    from ermoe_ba.training.checkpoint import build_meta
-
-    overrides = {"embed_dim": 32, "depth": 2, "num_heads": 2, "router": "dense"}
-    model = create_model("ermoe_ba_tiny", **overrides)
-    meta = build_meta(model, "ermoe_ba_tiny", model_overrides=overrides, target={"mean": 50.0, "std": 15.0})
-    dense = save_checkpoint(tmp_path / "dense.safetensors", model, meta)
+def test_maps_of_a_model_without_experts_is_refused_before_any_work(dense_checkpoint, tmp_path):
     out = tmp_path / "maps"
-    result = runner.invoke(app, ["maps", str(tmp_path), "--model", str(dense), "--out", str(out), "--device", "cpu"])
+    args = ["maps", str(tmp_path), "--model", str(dense_checkpoint), "--out", str(out), "--device", "cpu"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 2
-    assert f"model {dense} has no mixture-of-experts layer" in " ".join(result.output.split())
+    assert f"model {dense_checkpoint} has no mixture-of-experts layer, so there is no expert routing to map" in (
+        " ".join(result.output.split())
+    )
     assert not out.exists()
 
 @pytest.mark.slow

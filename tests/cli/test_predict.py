@@ -219,7 +219,7 @@ def test_no_register_on_scans_already_in_mni_space_with_two_workers(checkpoint, 
         np.testing.assert_array_equal(transform, np.eye(4))
 
 
-def test_usage_errors_exit_2(checkpoint, tmp_path):
+def test_usage_errors_exit_2(checkpoint, dense_checkpoint, tmp_path):
     scan = tmp_path / "x.nii.gz"
     assert _predict(scan, "--device", "tpu").exit_code == 2
     assert _predict(scan, "--num-parts", "2", "--part-id", "2").exit_code == 2
@@ -229,6 +229,10 @@ def test_usage_errors_exit_2(checkpoint, tmp_path):
     assert runner.invoke(app, ["predict", "--batch-size", "0", str(scan)]).exit_code == 2
     spreadsheet = _predict(scan, "--out", tmp_path / "p.xlsx")  # refused before any work, not CSV in disguise
     assert spreadsheet.exit_code == 2 and "p.xlsx" in spreadsheet.output and not (tmp_path / "p.xlsx").exists()
+    routing = ["--save-routing", tmp_path / "r", "--out", tmp_path / "d.csv"]
+    no_experts = _predict(scan, "--model", dense_checkpoint, *routing)
+    assert no_experts.exit_code == 2 and "no expert routing to save" in no_experts.output
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d.csv").exists()
     typo = tmp_path / "ages.csv"
     typo.write_text("subject_id,age\nx,forty\n")
     result = _predict(scan, "--model", checkpoint, "--ages", typo, "--out", tmp_path / "p.csv")
