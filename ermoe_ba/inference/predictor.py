@@ -115,6 +115,12 @@ class BrainAgePredictor:
                 "give an ERMoE or softmax-MoE model (its router is 'dense' or it is a linear model)"
             )
 
+    def routed_layers(self) -> list[int]:
+        """Block indices whose routing a prediction captures (one forward pass on a blank volume)."""
+        blank = np.zeros((1, *self.preprocess.grid_shape), np.float32)
+        trace = self._run(blank, capture_routing=True)[1]
+        return [] if trace is None else trace.layer_indices
+
     @property
     def model_name(self) -> str:
         """Registered architecture of the loaded model."""

@@ -14,6 +14,7 @@ from ermoe_ba.inference.routing_io import check_routed_by, load_routing
 from ermoe_ba.inference.table import PredictionTable
 from ermoe_ba.interpret.build import MapsResult, build_maps
 from ermoe_ba.interpret.linear_weights import age_weight_img, linear_members
+from ermoe_ba.interpret.tokens import select_layers
 
 __all__ = ["map_scans"]
 
@@ -55,6 +56,7 @@ def map_scans(
     >>> result, table = map_scans(BrainAgePredictor.from_pretrained(), ["scans/"], "maps")  # doctest: +SKIP
     """
     predictor.check_has_experts("map")
+    select_layers(predictor.routed_layers(), layers)  # a wrong --layer is refused before any scan is conformed
     out = Path(out_dir)
     records = predictor.discover(list(inputs), ages)
     if on_discovered is not None:

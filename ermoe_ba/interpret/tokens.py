@@ -27,6 +27,7 @@ __all__ = [
     "model_grid_affine",
     "patch_voxels",
     "resolve_layers",
+    "select_layers",
     "tokens_to_grid",
 ]
 
@@ -131,7 +132,18 @@ def as_trace(
 
 def resolve_layers(trace: RoutingTrace, layers: str | int | Sequence[int] = "all") -> list[int]:
     """Block indices selected by ``layers``: ``"all"``, ``"last"``, one index or a list of them."""
-    available = trace.layer_indices
+    return select_layers(trace.layer_indices, layers)
+
+
+def select_layers(available: Sequence[int], layers: str | int | Sequence[int] = "all") -> list[int]:
+    """:func:`resolve_layers` against the MoE block indices ``available`` (e.g. before any scan is run).
+
+    Raises
+    ------
+    ValueError
+        ``layers`` is malformed or names a block that is not among ``available``.
+    """
+    available = list(available)
     if not available:
         raise ValueError("the routing trace holds no MoE layer; run the model with capture_routing=True")
     if layers == "all":

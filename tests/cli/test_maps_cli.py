@@ -75,6 +75,10 @@ def test_maps_rejects_unknown_atlas_and_layer(checkpoint, tmp_path):
     result = runner.invoke(app, ["maps", str(empty), "--out", str(tmp_path / "maps"), "--model", str(checkpoint)])
     assert result.exit_code == 2 and "no scans found" in result.output
     assert not (tmp_path / "maps").exists()  # a refused run leaves no folder behind
+    dense_block = ["maps", str(empty), "--out", str(tmp_path / "maps"), "--model", str(checkpoint), "--layer", "0"]
+    result = runner.invoke(app, dense_block)
+    assert result.exit_code == 2 and "layers [0] are not MoE layers of the trace; available: [1]" in result.output
+    assert not (tmp_path / "maps").exists()  # refused before the scans are looked for
 
 
 
