@@ -16,6 +16,7 @@ import numpy as np
 
 from ermoe_ba.data.cache import cache_key, file_digest, load_entry, save_entry
 from ermoe_ba.data.discovery import ScanRecord, subject_id_from_path
+from ermoe_ba.errors import exception_summary
 from ermoe_ba.models.config import PreprocessConfig
 
 __all__ = ["STATUSES", "ConformResult", "Conformer", "auto_workers", "conform_records"]
@@ -112,8 +113,7 @@ class Conformer:
         except ScanError as err:
             return ConformResult(subject_id, path, "error", error=str(err), affine=self._grid_affine())
         except Exception as err:  # a failure inside ITK on odd input must not stop the batch
-            detail = " ".join(str(err).split())[:200]
-            message = f"{path}: conform failed ({type(err).__name__}: {detail})"
+            message = f"{path}: conform failed ({exception_summary(err, limit=200)})"
             return ConformResult(subject_id, path, "error", error=message, affine=self._grid_affine())
         registration = {k: out[k] for k in ("metric", "scale", "attempts") if out[k] is not None}
         status = "qc_fail" if out["qc_reasons"] else "ok"

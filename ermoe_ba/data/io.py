@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ermoe_ba.errors import exception_summary
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -200,8 +202,7 @@ def load_scan(path: str | Path) -> LoadedScan:
         raise
     except Exception as err:  # any reader failure: the batch must go on with a one-line reason
         kind = "DICOM series" if path.is_dir() else "image"
-        detail = " ".join(str(err).split())[:160] or type(err).__name__
-        raise ScanError(path, f"unreadable or truncated {kind} ({type(err).__name__}: {detail})") from None
+        raise ScanError(path, f"unreadable or truncated {kind} ({exception_summary(err)})") from None
     floating = np.issubdtype(data.dtype, np.floating)
     not_finite_count = int(np.count_nonzero(~np.isfinite(data))) if floating else 0
     try:

@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from ermoe_ba.errors import exception_summary
 from ermoe_ba.interpret.tokens import grid_image, model_grid_affine
 
 if TYPE_CHECKING:
@@ -177,8 +178,7 @@ def _source(name_or_path: str, labels: str | Path | pd.DataFrame | None, voxel_s
             img = nib.load(str(path), keep_file_open=True) if path.suffix != ".mgz" else nib.load(str(path))
             img = nib.funcs.squeeze_image(img)  # (x, y, z, 1) label images are 3D, not probabilistic
         except Exception as err:  # nibabel raises many types for a damaged or foreign file
-            detail = " ".join(str(err).split())[:160] or type(err).__name__
-            raise ValueError(f"atlas {path}: unreadable image ({type(err).__name__}: {detail})") from None
+            raise ValueError(f"atlas {path}: unreadable image ({exception_summary(err)})") from None
         if labels is None:
             stem = path.name.split(".")[0]
             found = [p for ext in (".tsv", ".csv") if (p := path.with_name(stem + ext)).exists()]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ermoe_ba.atomic import atomic_path
+from ermoe_ba.errors import exception_summary
 from ermoe_ba.models.config import ModelConfig, PreprocessConfig
 from ermoe_ba.models.ensemble import ModelEnsemble
 
@@ -97,8 +98,7 @@ def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch
             state, meta_json = payload["state_dict"], payload.get("meta_json")
         meta = json.loads(meta_json) if meta_json else None
     except Exception as err:  # safetensors, pickle and json readers raise many types for a foreign file
-        detail = " ".join(str(err).split())[:160] or type(err).__name__
-        raise ValueError(f"{path} is not a readable ermoe-ba checkpoint ({type(err).__name__}: {detail})") from None
+        raise ValueError(f"{path} is not a readable ermoe-ba checkpoint ({exception_summary(err)})") from None
     if meta is None:
         raise ValueError(f"{path} has no ermoe-ba metadata; it was not written by save_checkpoint")
     if meta.get("format") != CHECKPOINT_FORMAT:
