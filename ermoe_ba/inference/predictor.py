@@ -115,10 +115,14 @@ class BrainAgePredictor:
                 "give an ERMoE or softmax-MoE model (its router is 'dense' or it is a linear model)"
             )
 
+    @torch.no_grad()
     def routed_layers(self) -> list[int]:
-        """Block indices whose routing a prediction captures (one forward pass on a blank volume)."""
-        blank = np.zeros((1, *self.preprocess.grid_shape), np.float32)
-        trace = self._run(blank, capture_routing=True)[1]
+        """Block indices whose routing a prediction captures (one forward pass on a blank volume).
+
+        The model runs once, not once per shift-averaging offset: only the routing is wanted.
+        """
+        blank = torch.zeros((1, 1, *self.preprocess.grid_shape), device=self.device)
+        trace = self.model(blank, capture_routing=True).routing
         return [] if trace is None else trace.layer_indices
 
     @property
