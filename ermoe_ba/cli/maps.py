@@ -36,21 +36,25 @@ def run_maps(
     resume: bool = False,
 ) -> int:
     """Predict with routing capture, then write maps, tables and the report. Returns the exit code."""
-    from functools import partial
-
     from ermoe_ba.cli.predict import report_failures, report_missing_ages
+    from ermoe_ba.data.discovery import ScanRecord
     from ermoe_ba.inference.predictor import BrainAgePredictor
     from ermoe_ba.inference.table import read_table
     from ermoe_ba.interpret.scans import map_scans
 
+    def before_any_work(records: list[ScanRecord]) -> None:
+        """Notes said once the model, --layer, atlases and scans have passed their checks."""
+        earlier = out / "predictions.csv"
+        if not resume and earlier.exists():  # always said: the earlier run's subjects leave the cohort
+            typer.echo(
+                f"replacing the maps in {out}: the {len(read_table(earlier))} scans of the earlier run leave its "
+                "tables and cohort maps, their subject folders stay (--resume continues that run instead)",
+                err=True,
+            )
+        if ages is not None:
+            report_missing_ages(records, ages, consequence="they are left out of the regional age trends")
+
     predictor = BrainAgePredictor.from_pretrained(model, device=device)
-    earlier = out / "predictions.csv"
-    if not resume and earlier.exists():  # always said: the earlier run's subjects leave the cohort
-        typer.echo(
-            f"replacing the maps in {out}: the {len(read_table(earlier))} scans of the earlier run leave its tables "
-            "and cohort maps, their subject folders stay (--resume continues that run instead)",
-            err=True,
-        )
     result, frame = map_scans(
         predictor,
         inputs,
@@ -64,9 +68,7 @@ def run_maps(
         progress=not quiet,
         resume=resume,
         on_batch=report_failures,
-        on_discovered=None
-        if ages is None
-        else partial(report_missing_ages, ages=ages, consequence="they are left out of the regional age trends"),
+        on_discovered=before_any_work,
     )
     if result is None:
         typer.echo("error: no scan could be conformed; see predictions.csv for the reasons", err=True)
