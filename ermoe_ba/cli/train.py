@@ -67,6 +67,12 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="ModelConfig override KEY=VALUE (repeatable)."),
     epochs: int = typer.Option(60, "--epochs", min=1),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
+    loss: str = typer.Option(
+        "l1",
+        "--loss",
+        help="l1 or mse on standardised age, or kl_bins: SFCN's soft-label loss over age bins, for a model "
+        "with a binned head (--set output_bins=40).",
+    ),
     lr: float = typer.Option(1e-3, "--lr"),
     weight_decay: float = typer.Option(0.05, "--weight-decay"),
     patience: int = typer.Option(20, "--patience", min=0, help="Early-stopping patience in epochs (0: off)."),
@@ -176,11 +182,12 @@ def train(
             kind=augment, shift=shift, blur_prob=blur_prob, subvoxel_prob=subvoxel_prob, flip_lr=flip_lr
         )
         config = TrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, keep=keep,
-            device=device, seed=seed, progress=progress, augment=augmentation, ema_decay=ema_decay, num_threads=threads,
+            epochs=epochs, batch_size=batch_size, loss=loss, lr=lr, weight_decay=weight_decay, patience=patience,
+            keep=keep, device=device, seed=seed, progress=progress, augment=augmentation, ema_decay=ema_decay,
+            num_threads=threads,
         )  # fmt: skip
         for variant in member_model_overrides(model_overrides, member_overrides, seeds):
-            _check_model(model, variant)
+            _check_model(model, variant, loss)
         check_validation_split(val_fraction, keep)
         resolve_device(device)  # before the scans are conformed, not after
         correction = bias_correction_from_table(calibration) if calibration is not None else None
@@ -213,12 +220,15 @@ def train(
         typer.echo(json.dumps(line))
 
 
-def _check_model(name: str, overrides: dict) -> None:
-    """Fail before any conforming when the model name or an override is wrong."""
+def _check_model(name: str, overrides: dict, loss: str) -> None:
+    """Fail before any conforming when the model name or an override is wrong, or the loss cannot train it."""
     import ermoe_ba.models.sfcn  # noqa: F401  (registers the CNN peer)
     from ermoe_ba.models import create_model
+    from ermoe_ba.training.loop import check_loss_fits_model
 
     try:
-        create_model(name, **overrides)
+        built = create_model(name, **overrides)
     except TypeError as err:
         raise ValueError(f"bad model override for {name!r}: {err}") from None
+    if name != "voxel_ridge":
+        check_loss_fits_model(built, loss)

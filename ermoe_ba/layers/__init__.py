@@ -6,6 +6,7 @@ The package depends on torch and einops only; nothing here imports the rest of e
 from __future__ import annotations
 
 from ermoe_ba.layers.attention import Attention
+from ermoe_ba.layers.binned_head import BinnedRegressionHead, soft_bin_kl_loss
 from ermoe_ba.layers.block import Block, BlockOutput, DropPath, drop_path
 from ermoe_ba.layers.conv_stem import ConvStemEmbed
 from ermoe_ba.layers.dispatch import (
@@ -48,6 +49,7 @@ __all__ = [
     "ORTHOGONALIZATIONS",
     "ROUTERS",
     "Attention",
+    "BinnedRegressionHead",
     "Block",
     "BlockOutput",
     "ConvStemEmbed",
@@ -80,6 +82,7 @@ __all__ = [
     "qr_retract",
     "register_dispatch",
     "router_z_loss",
+    "soft_bin_kl_loss",
     "sorted_dispatch",
     "spatial_tuple",
     "switch_balance_loss",

@@ -88,6 +88,11 @@ class ModelConfig:
     num_outputs
         Size of the head: 1 for regression, the number of classes for classification, 0 for
         no head (``pre_logits``).
+    output_bins
+        0: a linear head. ``B > 0`` (regression, ``num_outputs=1``): SFCN's distribution head,
+        :class:`~ermoe_ba.layers.binned_head.BinnedRegressionHead` with ``B`` bins over ±3 sd of
+        the standardised target, trained with ``TrainConfig(loss="kl_bins")``; its output
+        column 0 is still the predicted value.
     disjoint_bases
         ERMoE: keep the experts' input bases mutually orthogonal (blocks of one orthonormal
         matrix), so a token's squared scores sum to at most 1 and experts compete for directions.
@@ -129,6 +134,7 @@ class ModelConfig:
     dispatch: str = "sorted"
     pool: str = "mean"
     num_outputs: int = 1
+    output_bins: int = 0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     score: str = "subspace"
@@ -152,6 +158,11 @@ class ModelConfig:
             raise ValueError(f"input_pool={self.input_pool} must be >= 1 (1 = no pooling)")
         if isinstance(self.patch_size, list):
             self.patch_size = tuple(self.patch_size)
+        if self.output_bins and (self.output_bins < 2 or self.num_outputs != 1):
+            raise ValueError(
+                f"output_bins={self.output_bins} with num_outputs={self.num_outputs}: a binned head "
+                "needs at least 2 bins and one regression output (0 = linear head)"
+            )
 
     @property
     def uses_moe(self) -> bool:

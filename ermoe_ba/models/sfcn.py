@@ -4,7 +4,8 @@ A small Simple Fully Convolutional Network in the spirit of Peng et al. (2021, M
 Analysis 68:101871): blocks of conv-BN-ReLU + max-pool, a 1x1x1 conv, global average pooling,
 dropout and a linear regression head. The original predicts an age distribution over bins
 from 1 mm input; ours regresses one standardised age from the 2 mm model grid, with channels
-small enough to train on a CPU. It follows the same contract as every registered model:
+small enough to train on a CPU (``output_bins=B`` gives it, like any registered model, the
+distribution head instead). It follows the same contract as every registered model:
 ``forward(x, capture_routing=False) -> ModelOutput`` with ``aux_loss = 0`` and no routing.
 """
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from ermoe_ba.models.config import ModelConfig, routerless_image_config
+from ermoe_ba.models.heads import build_head
 from ermoe_ba.models.registry import register_model
 from ermoe_ba.models.transformer import ModelOutput
 
@@ -76,7 +78,7 @@ class SFCN(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.head_drop = nn.Dropout(config.drop_rate)
-        self.head = nn.Linear(channels[-1], config.num_outputs)
+        self.head = build_head(config, channels[-1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, r, a, s) -> (b, channels[-1], r', a', s')`` feature maps."""

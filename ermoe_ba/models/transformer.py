@@ -14,6 +14,7 @@ from torch import nn
 
 from ermoe_ba.layers import Block, ConvStemEmbed, Mlp, MoELayer, PatchEmbed, equal_active_hidden, spatial_tuple
 from ermoe_ba.models.config import ModelConfig
+from ermoe_ba.models.heads import build_head
 from ermoe_ba.routing.trace import LayerTrace, RoutingTrace
 
 __all__ = ["MoETransformer", "ModelOutput", "TrunkOutput"]
@@ -138,7 +139,7 @@ class MoETransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head_drop = nn.Dropout(config.drop_rate)
         head_width = dim * num_tokens if config.pool == "flatten" else dim
-        self.head = nn.Linear(head_width, config.num_outputs) if config.num_outputs > 0 else nn.Identity()
+        self.head = build_head(config, head_width)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)

@@ -10,7 +10,9 @@ from typing import Any
 from ermoe_ba.models.config import check_choice
 from ermoe_ba.training.augment import AugmentConfig
 
-__all__ = ["TrainConfig", "member_configs", "member_model_overrides"]
+__all__ = ["LOSSES", "TrainConfig", "member_configs", "member_model_overrides"]
+
+LOSSES = ("l1", "mse", "kl_bins")
 
 
 @dataclass
@@ -49,7 +51,10 @@ class TrainConfig:
         per step, used for validation and kept as the result; 0 turns it off. Averaging damps
         the step-to-step noise of training on ~100 scans.
     loss
-        ``"l1"`` or ``"mse"`` on standardised age; the model's auxiliary loss is added.
+        ``"l1"`` or ``"mse"`` on standardised age, or ``"kl_bins"``: SFCN's Kullback-Leibler
+        divergence to a Gaussian soft label over the bins of a model built with
+        ``output_bins > 0`` (:func:`~ermoe_ba.layers.binned_head.soft_bin_kl_loss`). The model's
+        auxiliary loss is added.
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     amp
@@ -82,7 +87,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        check_choice("loss", self.loss, ("l1", "mse"))
+        check_choice("loss", self.loss, LOSSES)
         check_choice("keep", self.keep, ("best", "last"))
         if self.keep == "last":
             self.patience = 0

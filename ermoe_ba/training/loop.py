@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ermoe_ba.layers.binned_head import soft_bin_kl_loss
 from ermoe_ba.routing.trace import RoutingTrace
 from ermoe_ba.training.augment import BatchAugment
 from ermoe_ba.training.config import TrainConfig
@@ -154,10 +155,22 @@ def _recompute_bn(model: nn.Module, volumes: torch.Tensor, batch_size: int, devi
     model.train(was_training)
 
 
-def _loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+def _loss(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "kl_bins":
+        return soft_bin_kl_loss(output, target)
     if kind == "l1":
-        return torch.nn.functional.l1_loss(pred, target)
-    return torch.nn.functional.mse_loss(pred, target)
+        return torch.nn.functional.l1_loss(output[:, 0].float(), target)
+    return torch.nn.functional.mse_loss(output[:, 0].float(), target)
+
+
+def check_loss_fits_model(model: nn.Module, kind: str) -> None:
+    """Raise ValueError if the loss ``kind`` cannot train ``model`` (``kl_bins`` needs a binned head)."""
+    bins = getattr(getattr(model, "config", None), "output_bins", 0)
+    if kind == "kl_bins" and not bins:
+        raise ValueError(
+            "loss='kl_bins' needs a model with a binned head: build it with output_bins > 0 "
+            "(e.g. ermoe-ba train --set output_bins=40)"
+        )
 
 
 def _check_ranks_resume_alike(state_path: str | Path, next_epoch: int) -> None:
@@ -209,6 +222,7 @@ def fit(
     >>> result = fit(create_model("sfcn_tiny"), volumes, ages, config=TrainConfig(epochs=2))  # doctest: +SKIP
     """
     cfg = config or TrainConfig()
+    check_loss_fits_model(model, cfg.loss)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
@@ -276,7 +290,7 @@ def fit(
             y = targets[idx].to(device)
             with _autocast(device, cfg.amp):
                 out = net(x)
-                loss = _loss(out.output[:, 0].float(), y, cfg.loss)
+                loss = _loss(out.output, y, cfg.loss)
                 objective = loss + out.aux_loss.float()
             optimizer.zero_grad(set_to_none=True)
             objective.backward()

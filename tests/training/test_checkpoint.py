@@ -26,6 +26,7 @@ GRID = PreprocessConfig(grid_shape=(32, 32, 32), grid_origin=(-32.0, -32.0, -32.
     ("name", "overrides"),
     [
         ("sfcn_tiny", {"channels": (4, 8, 16)}),
+        ("sfcn_tiny", {"channels": (4, 8, 16), "output_bins": 20}),
         ("ermoe_ba_tiny", {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "router": "softmax"}),
         ("ermoe_ba_tiny", {"patch_size": 8, "embed_dim": 32, "num_heads": 2, "router": "ermoe"}),
     ],

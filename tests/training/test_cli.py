@@ -50,6 +50,9 @@ def test_bad_option_is_a_usage_error_with_a_hint(tmp_path, option, value, hint):
         (["--val-fraction", "0.6"], "val_fraction=0.6 must be 0 (train on every scan) or lie in (0, 0.5)"),
         (["--set", "embed_dim=abc"], "ModelConfig.embed_dim='abc': expected an integer"),
         (["--set", "qkv_bias=1"], "ModelConfig.qkv_bias=1: expected true or false"),
+        (["--loss", "kl_bins"], "loss='kl_bins' needs a model with a binned head"),
+        (["--loss", "kl_bin"], "Did you mean 'kl_bins'?"),
+        (["--set", "output_bins=1", "--loss", "kl_bins"], "a binned head needs at least 2 bins"),
     ],
 )
 def test_training_on_every_scan_needs_keep_last_and_a_readable_calibration(tmp_path, extra, problem):
@@ -129,6 +132,19 @@ def test_keep_last_trains_every_epoch_and_records_the_recipe(tmp_path, real_scan
     assert augment["blur_prob"] == 0.5 and augment["subvoxel_prob"] == 1 and augment["flip_lr"] is True
     assert augment["shift"] == 3
     assert len(meta["history"]) == 3 and meta["best_epoch"] == 2
+
+
+def test_soft_label_loss_trains_a_binned_head_on_real_scans(tmp_path, real_scans):
+    table = _scans_table(tmp_path, real_scans)
+    ckpt = tmp_path / "binned.safetensors"
+    args = ["train", str(table), "-o", str(ckpt), "--epochs", "2", "--batch-size", "2", "--no-progress",
+            "--val-fraction", "0.25", "--augment", "none", "--loss", "kl_bins", "--set", "output_bins=20"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = read_meta(ckpt)
+    assert meta["train_config"]["loss"] == "kl_bins" and meta["model_config"]["output_bins"] == 20
+    assert all(np.isfinite(h["train_loss"]) and h["train_loss"] > 0 for h in meta["history"])
+    assert 0 < json.loads(result.output.strip().splitlines()[-1])["mae"] < 60
 
 
 def test_member_options_train_a_two_stem_ensemble_on_real_scans(tmp_path, real_scans):

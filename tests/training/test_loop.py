@@ -71,6 +71,28 @@ def test_fit_learns_synthetic_ages_and_keeps_the_best_epoch(synthetic):
     assert np.abs(pred - synthetic.ages[va]).mean() == pytest.approx(best, rel=1e-4)
 
 
+def test_soft_label_loss_learns_synthetic_ages_through_the_binned_head(synthetic):
+    va = np.arange(1, 24, 3)
+    tr = np.setdiff1d(np.arange(24), va)
+    cfg = TrainConfig(
+        epochs=12, batch_size=4, lr=1e-2, warmup_epochs=1, patience=0, loss="kl_bins",
+        augment=AugmentConfig(kind="none"), **QUIET,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model("sfcn_tiny", preprocess=GRID, channels=(4, 8, 16), drop_rate=0.0, output_bins=20)
+    result = fit(model, synthetic.volumes[tr], synthetic.ages[tr], synthetic.volumes[va], synthetic.ages[va], cfg)
+    losses = [h["train_loss"] for h in result.history]
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
+    pred, _ = predict(model, synthetic.volumes[va], result.scaler)  # column 0: the distribution's mean
+    guess_the_mean = np.abs(synthetic.ages[va] - synthetic.ages[tr].mean()).mean()
+    assert np.abs(pred - synthetic.ages[va]).mean() < 0.5 * guess_the_mean
+
+
+def test_kl_loss_needs_a_binned_head():
+    with pytest.raises(ValueError, match="output_bins > 0"):
+        fit(small_sfcn(), torch.zeros(4, 1, 32, 32, 32), np.arange(4.0), config=TrainConfig(loss="kl_bins", **QUIET))
+
+
 def test_early_stopping_stops_after_patience(synthetic):
     cfg = TrainConfig(
         epochs=50,
