@@ -71,15 +71,17 @@ def _is_image(path: Path) -> bool:
 
 
 def _read_table(path: Path):
+    """The table as text, blank lines dropped; the index is each row's line number in the file."""
     import pandas as pd
 
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except Exception as err:  # pandas raises many types for malformed text
         raise DiscoveryError(f"{path}: unreadable table ({type(err).__name__}: {err})") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
-    return table
+    table.index = table.index + 2  # the header is line 1
+    return table[(table != "").any(axis=1)]
 
 
 def _column(table, names: Sequence[str]) -> str | None:
@@ -135,9 +137,9 @@ def read_age_table(path: str | Path) -> dict[str, float]:
             f"column; found {list(table.columns)}"
         )
     ages: dict[str, float] = {}
-    for row, (sid, age) in enumerate(zip(table[id_col], table[age_col], strict=True), start=2):
+    for line, sid, age in zip(table.index, table[id_col], table[age_col], strict=True):
         sid = sid.strip()
-        value = _parse_age(age, f"{path} line {row} ({sid or 'no id'})")
+        value = _parse_age(age, f"{path} line {line} ({sid or 'no id'})")
         if not sid or value is None:
             continue
         if ages.get(sid, value) != value:
@@ -156,7 +158,7 @@ def _from_table(path: Path) -> list[ScanRecord]:
         )
     id_col, age_col = _column(table, _ID_COLUMNS), _column(table, ("age",))
     records = []
-    for line, (_, row) in enumerate(table.iterrows(), start=2):
+    for line, row in table.iterrows():
         scan = Path(row[path_col].strip()).expanduser()
         scan = scan if scan.is_absolute() else path.parent / scan
         sid = row[id_col].strip() if id_col and row[id_col].strip() else subject_id_from_path(scan)

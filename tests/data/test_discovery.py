@@ -139,6 +139,7 @@ def test_age_table_missing_markers_and_repeated_rows(tmp_path: Path) -> None:
     ("rows", "message"),
     [
         ("s1,40\ns2,forty\n", "ages.csv line 3 (s2): age 'forty' is not a number"),
+        ("\ns1,40\n\n\ns2,forty\n", "ages.csv line 6 (s2): age 'forty' is not a number"),  # blank lines count
         ("s1,480\n", "ages.csv line 2 (s1): age 480 is not between 0 and 130 years"),
         ("s1,-3\n", "age -3 is not between 0 and 130 years"),
         ("s1,inf\n", "age inf is not between"),
@@ -154,8 +155,8 @@ def test_age_table_typos_are_errors_naming_the_row(tmp_path: Path, rows: str, me
 
 def test_scan_table_age_typo_is_an_error_naming_the_row(tmp_path: Path) -> None:
     _nifti(tmp_path / "x.nii.gz")
-    (tmp_path / "list.csv").write_text("path,age\nx.nii.gz,4O\n")
-    with pytest.raises(DiscoveryError, match=re.escape("list.csv line 2 (x): age '4O' is not a number")):
+    (tmp_path / "list.csv").write_text("path,age\n\nx.nii.gz,4O\n")
+    with pytest.raises(DiscoveryError, match=re.escape("list.csv line 3 (x): age '4O' is not a number")):
         discover([tmp_path / "list.csv"])
 
 
