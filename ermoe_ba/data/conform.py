@@ -43,6 +43,9 @@ class ConformResult:
     registration
         ``metric`` (final Mattes MI), ``scale`` (similarity stage) and ``attempts``; empty when
         registration was off or failed.
+    not_finite_voxels
+        NaN or infinite voxels of the scan as stored, read as background; kept in the cache so
+        that a cached result warns as the first reading did.
     """
 
     subject_id: str
@@ -57,6 +60,7 @@ class ConformResult:
     cached: bool = False
     qc_reasons: list[str] = field(default_factory=list)
     registration: dict[str, float] = field(default_factory=dict)
+    not_finite_voxels: int = 0
 
 
 class Conformer:
@@ -130,6 +134,7 @@ class Conformer:
             timings=out["timings"],
             qc_reasons=out["qc_reasons"],
             registration=registration,
+            not_finite_voxels=out["not_finite_voxels"],
         )
 
     def _grid_affine(self) -> np.ndarray:
@@ -145,13 +150,17 @@ class Conformer:
             "registration": result.registration,
             "transform": None if result.transform is None else np.asarray(result.transform).tolist(),
             "timings": result.timings,
+            "not_finite_voxels": result.not_finite_voxels,
         }
 
     def _from_cache(
         self, subject_id: str, path: Path, volume: np.ndarray | None, meta: dict
     ) -> ConformResult:
+        from ermoe_ba.data.io import warn_not_finite
         from ermoe_ba.data.pipeline import assess_qc
 
+        not_finite = int(meta.get("not_finite_voxels", 0))
+        warn_not_finite(path, not_finite)
         transform = meta.get("transform")
         transform = None if transform is None else np.asarray(transform, dtype=np.float64)
         registration = dict(meta.get("registration", {}))
@@ -181,6 +190,7 @@ class Conformer:
             cached=True,
             qc_reasons=reasons,
             registration=registration,
+            not_finite_voxels=not_finite,
         )
 
 

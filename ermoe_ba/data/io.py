@@ -27,6 +27,7 @@ __all__ = [
     "load_scan",
     "reorient_ras",
     "validate_array",
+    "warn_not_finite",
 ]
 
 SPACING_RANGE_MM = (0.2, 8.0)
@@ -55,12 +56,21 @@ class LoadedScan:
         4x4 voxel-to-world (RAS mm) affine of ``data``.
     native_affine, native_shape
         Affine and 3D shape of the scan as stored, for mapping results back.
+    not_finite_voxels
+        NaN or infinite voxels of the stored scan, read as 0 (background).
     """
 
     data: np.ndarray
     affine: np.ndarray
     native_affine: np.ndarray
     native_shape: tuple[int, int, int]
+    not_finite_voxels: int = 0
+
+
+def warn_not_finite(path: str | Path, count: int) -> None:
+    """Log that ``count`` NaN/inf voxels of ``path`` were read as background (nothing when 0)."""
+    if count:
+        log.warning("%s: %d NaN or infinite voxels read as 0 (background)", path, count)
 
 
 def is_dicom_dir(path: str | Path) -> bool:
@@ -209,11 +219,10 @@ def load_scan(path: str | Path) -> LoadedScan:
         data, affine = validate_array(data, affine)
     except ValueError as err:
         raise ScanError(path, str(err)) from None
-    if not_finite_count:
-        log.warning("%s: %d NaN or infinite voxels read as 0 (background)", path, not_finite_count)
+    warn_not_finite(path, not_finite_count)
     native_shape = tuple(int(s) for s in data.shape)
     ras, ras_affine = reorient_ras(data, affine)
-    return LoadedScan(data=ras, affine=ras_affine, native_affine=affine, native_shape=native_shape)
+    return LoadedScan(ras, ras_affine, affine, native_shape, not_finite_count)
 
 
 def reorient_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

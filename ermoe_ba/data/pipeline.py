@@ -132,6 +132,7 @@ def run_pipeline(path: str | Path, config: PreprocessConfig) -> dict[str, Any]:
         "attempts": attempts if config.register else None,
         "transform": np.asarray(matrix, dtype=np.float64),
         "timings": timings,
+        "not_finite_voxels": scan.not_finite_voxels,
     }
 
 

@@ -115,6 +115,25 @@ def test_cache_hit_equals_fresh_result_and_skips_registration(scan: Path, cache_
     assert not other.cached  # a different config is a different entry
 
 
+def test_a_cached_scan_with_nan_voxels_warns_as_the_first_reading_did(scan: Path, tmp_path: Path, caplog) -> None:
+    import nibabel as nib
+
+    image = nib.load(scan)
+    data = image.get_fdata(dtype=np.float32)
+    data[:4] = np.nan  # as a resampling tool writes voxels outside the field of view
+    holed = tmp_path / "holed.nii.gz"
+    nib.save(nib.Nifti1Image(data, image.affine), holed)
+    expected = f"{holed}: {4 * data.shape[1] * data.shape[2]} NaN or infinite voxels read as 0"
+    conformer = Conformer(CONFIG, tmp_path / "cache")
+    for cached in (False, True):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ermoe_ba.data.io"):
+            result = conformer(holed)
+        assert result.cached is cached and result.status == "ok"
+        assert result.not_finite_voxels == 4 * data.shape[1] * data.shape[2]
+        assert expected in caplog.text
+
+
 def test_conform_is_deterministic_whatever_the_thread_count(scan: Path, reference) -> None:
     # Before N4 and registration were pinned to one thread, this scan's transforms with 1 and 2
     # threads differed by up to 2e-3 per matrix entry (a 1 mm copy of IXI354's by 0.5 mm).
