@@ -31,7 +31,8 @@ class ModelEnsemble(nn.Module):
     members
         Models with ``forward(x, capture_routing) -> ModelOutput`` whose configs agree on
         ``input_type``, ``spatial_dims``, ``in_chans``, ``img_size`` and ``num_outputs`` (seed
-        ensembles share the whole config; other fields, e.g. the stem, may differ).
+        ensembles share the whole config; other fields, e.g. the stem, may differ). A member
+        with a binned head (``output_bins``) contributes its predicted value, column 0.
 
     Examples
     --------
@@ -68,9 +69,14 @@ class ModelEnsemble(nn.Module):
     def forward(self, x: torch.Tensor, capture_routing: bool = False) -> ModelOutput:
         """Mean output and auxiliary loss of the members; the first member's routing."""
         outputs = [m(x, capture_routing=capture_routing and i == 0) for i, m in enumerate(self.members)]
-        output = torch.stack([o.output for o in outputs]).mean(dim=0)
+        output = torch.stack([_prediction(o.output, m) for o, m in zip(outputs, self.members, strict=True)]).mean(dim=0)
         aux = torch.stack([o.aux_loss for o in outputs]).mean(dim=0)
         return ModelOutput(output, aux, outputs[0].routing)
+
+
+def _prediction(output: torch.Tensor, member: nn.Module) -> torch.Tensor:
+    """The member's predicted value(s): column 0 of a binned head (its bins' log-probabilities are not averaged)."""
+    return output[:, :1] if getattr(getattr(member, "config", None), "output_bins", 0) else output
 
 
 def _interface(config: object) -> tuple:

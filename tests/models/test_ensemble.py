@@ -35,6 +35,18 @@ def test_output_is_the_mean_of_the_members_and_routing_is_the_first_members():
     assert ensemble.config == CFG and ensemble.grid_size == (2, 2, 2)
 
 
+def test_a_binned_member_contributes_its_predicted_value():
+    torch.manual_seed(5)
+    binned = MoETransformer(ModelConfig(**{**CFG.to_dict(), "output_bins": 12})).eval()
+    plain = _members(1)[0]
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        out = ModelEnsemble([plain, binned]).eval()(x).output
+        expected = (plain(x).output[:, :1] + binned(x).output[:, :1]) / 2  # not the bins' log-probabilities
+    assert binned(x).output.shape == (2, 13) and out.shape == (2, 1)
+    torch.testing.assert_close(out, expected)
+
+
 def test_members_may_differ_in_architecture_but_not_in_input_grid():
     other_stem = MoETransformer(ModelConfig(**{**CFG.to_dict(), "stem": "conv_pool", "stem_width": 4})).eval()
     ensemble = ModelEnsemble([*_members(1), other_stem]).eval()
