@@ -145,6 +145,16 @@ def test_soft_label_loss_trains_a_binned_head_on_real_scans(tmp_path, real_scans
     assert meta["train_config"]["loss"] == "kl_bins" and meta["model_config"]["output_bins"] == 20
     assert all(np.isfinite(h["train_loss"]) and h["train_loss"] > 0 for h in meta["history"])
     assert 0 < json.loads(result.output.strip().splitlines()[-1])["mae"] < 60
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", str(ckpt), str(table), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    from ermoe_ba.training.checkpoint import load_checkpoint
+    from ermoe_ba.training.loop import TargetScaler, predict
+
+    model, meta = load_checkpoint(ckpt)
+    expected, _ = predict(model, real_scans.volumes.float(), TargetScaler(**meta["target"]))  # the bins' mean
+    table_ages = pd.read_csv(out / "predictions.csv").set_index("subject_id").loc[real_scans.subject_ids]
+    np.testing.assert_allclose(table_ages["predicted_age"], expected, atol=1e-3)
 
 
 def test_member_options_train_a_two_stem_ensemble_on_real_scans(tmp_path, real_scans):
