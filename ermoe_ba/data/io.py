@@ -222,7 +222,9 @@ def load_scan(path: str | Path) -> LoadedScan:
     warn_not_finite(path, not_finite_count)
     native_shape = tuple(int(s) for s in data.shape)
     ras, ras_affine = reorient_ras(data, affine)
-    return LoadedScan(ras, ras_affine, affine, native_shape, not_finite_count)
+    return LoadedScan(
+        data=ras, affine=ras_affine, native_affine=affine, native_shape=native_shape, not_finite_voxels=not_finite_count
+    )
 
 
 def reorient_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

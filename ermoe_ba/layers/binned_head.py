@@ -75,7 +75,7 @@ def soft_bin_kl_loss(output: torch.Tensor, target: torch.Tensor, span: float = B
     """Mean KL divergence from Gaussian soft labels on ``target`` to the head's bin distribution.
 
     The soft label of a target value is a Gaussian over the bin centres with a standard
-    deviation of one bin width (SFCN's 1-year sigma on 1-year bins), normalised over the bins.
+    deviation of one bin width, normalised over the bins.
 
     Parameters
     ----------

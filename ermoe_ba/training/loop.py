@@ -158,9 +158,8 @@ def _recompute_bn(model: nn.Module, volumes: torch.Tensor, batch_size: int, devi
 def _loss(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "kl_bins":
         return soft_bin_kl_loss(output, target)
-    if kind == "l1":
-        return torch.nn.functional.l1_loss(output[:, 0].float(), target)
-    return torch.nn.functional.mse_loss(output[:, 0].float(), target)
+    on_age = torch.nn.functional.l1_loss if kind == "l1" else torch.nn.functional.mse_loss
+    return on_age(output[:, 0].float(), target)
 
 
 def check_loss_fits_model(model: nn.Module, kind: str) -> None:
