@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ermoe_ba.models.config import check_choice
 from ermoe_ba.training.sharpness import change_sharpness, fractional_shift
 
-__all__ = ["AugmentConfig", "BatchAugment", "mirror_left_right", "whole_voxel_shift"]
+__all__ = ["AugmentConfig", "BatchAugment", "mirror_left_right", "rotate_and_zoom", "whole_voxel_shift"]
 
 
 @dataclass
@@ -161,6 +161,24 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     ry = torch.stack([c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1]], 1).view(-1, 3, 3)
     rz = torch.stack([c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one], 1).view(-1, 3, 3)
     return rz @ ry @ rx
+
+
+def rotate_and_zoom(x: torch.Tensor, angles: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
+    """Rotate each sample of ``x`` ``(b, c, R, A, S)`` about the grid centre and scale it by ``zoom`` ``(b,)``.
+
+    ``angles`` ``(b, 3)`` are radians about the grid's x (S), y (A) and z (R) axes (see
+    :func:`_rotation`). The rotation acts on voxel positions, so it is rigid on the isotropic
+    model grid whatever the volume's extent along each axis (a rotation of ``grid_sample``'s
+    normalised coordinates would shear a non-cubic grid); trilinear interpolation, zero fill.
+    """
+    b = x.shape[0]
+    # normalised coordinate n = position / (size / 2): theta = D⁻¹ (R / zoom) D with D = diag(S, A, R)
+    size = torch.tensor(x.shape[:1:-1], dtype=x.dtype, device=x.device)
+    theta = _rotation(angles).to(x.dtype) / zoom.to(x.dtype).view(b, 1, 1)
+    theta = theta * size.view(1, 1, 3) / size.view(1, 3, 1)
+    theta = torch.cat([theta, theta.new_zeros(b, 3, 1)], dim=2)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class BatchAugment:
@@ -352,9 +370,6 @@ class BatchAugment:
         c, b = self.config, x.shape[0]
         angles = (self._rand(b, 3) * 2 - 1) * math.radians(c.rotate_deg)
         zoom = 1.0 + (self._rand(b) * 2 - 1) * c.scale
-        theta = _rotation(angles) / zoom.view(b, 1, 1)
         apply = self._rand(b) < c.affine_prob
-        theta = torch.where(apply.view(b, 1, 1), theta, torch.eye(3).expand(b, 3, 3))
-        theta = torch.cat([theta, torch.zeros(b, 3, 1)], dim=2)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        angles, zoom = angles * apply.unsqueeze(1), torch.where(apply, zoom, 1.0)
+        return rotate_and_zoom(x, angles, zoom)

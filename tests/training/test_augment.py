@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ermoe_ba.training.augment import AugmentConfig, BatchAugment, mirror_left_right, whole_voxel_shift
+from ermoe_ba.training.augment import (
+    AugmentConfig,
+    BatchAugment,
+    mirror_left_right,
+    rotate_and_zoom,
+    whole_voxel_shift,
+)
 
 
 def _blob(b: int = 3) -> torch.Tensor:
@@ -32,6 +38,24 @@ def test_shift_moves_content_by_whole_voxels_with_zero_fill():
     y = whole_voxel_shift(x, torch.tensor([[2, -1, 0]]))
     assert torch.equal(y[0, 0, 8:16, 7:15, 6:14], x[0, 0, 6:14, 8:16, 6:14])
     assert y.abs().sum() == pytest.approx(x.abs().sum())
+
+
+def _offset_from_centre(x: torch.Tensor) -> torch.Tensor:
+    """Centre of mass of ``x`` ``(1, 1, R, A, S)`` in voxels from the grid centre, as (R, A, S)."""
+    grids = torch.meshgrid(*(torch.arange(n, dtype=x.dtype) - (n - 1) / 2 for n in x.shape[2:]), indexing="ij")
+    weight = x[0, 0].clamp_min(0)
+    return torch.stack([(g * weight).sum() / weight.sum() for g in grids])
+
+
+def test_rotation_is_rigid_in_voxels_on_a_non_cubic_grid():
+    x = torch.zeros(1, 1, 24, 36, 20)  # R, A, S: centre (11.5, 17.5, 9.5)
+    x[0, 0, 11:13, 23:25, 9:11] = 1.0  # a blob 6 voxels anterior of the centre
+    quarter = torch.tensor([[torch.pi / 2, 0.0, 0.0]])  # about the S axis: A and R trade places
+    turned = _offset_from_centre(rotate_and_zoom(x, quarter, torch.ones(1)))
+    assert turned[1].abs() < 0.05 and turned[2].abs() < 0.05
+    assert turned[0].abs() == pytest.approx(6.0, abs=0.05)  # 6 voxels along R, not 6 * 24 / 36
+    zoomed = _offset_from_centre(rotate_and_zoom(x, torch.zeros(1, 3), torch.tensor([1.25])))
+    assert zoomed.tolist() == pytest.approx([0.0, 7.5, 0.0], abs=0.05)
 
 
 def test_same_seed_same_augmentation_and_shapes_kept():
