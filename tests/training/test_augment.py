@@ -58,6 +58,14 @@ def test_rotation_is_rigid_in_voxels_on_a_non_cubic_grid():
     assert zoomed.tolist() == pytest.approx([0.0, 7.5, 0.0], abs=0.05)
 
 
+def test_samples_that_draw_no_affine_are_not_resampled():
+    x = _blob(8)
+    y = BatchAugment(AugmentConfig(shift=0, affine_prob=0.5), seed=0)(x)
+    unchanged = [bool(torch.equal(a, b)) for a, b in zip(x, y, strict=True)]
+    # an identity resampling would move values by float rounding, so "unchanged" means not resampled
+    assert 0 < sum(unchanged) < len(unchanged)
+
+
 def test_same_seed_same_augmentation_and_shapes_kept():
     x = _blob()
     cfg = AugmentConfig(affine_prob=1.0)
