@@ -10,8 +10,8 @@ Two back-ends with the same knobs (:class:`AugmentConfig`):
     separable (a product of three random cubics along R, A, S) and the noise is a random crop
     of a noise bank drawn once. Measured side by side on one busy CPU core, per 80x96x80
     volume: 10.6 ms, against 57 ms for a full-resolution interpolated 4x4x4 field and fresh
-    ``randn`` noise; a ``grid_sample`` rotation/scaling adds ~25 ms per sample that draws it (the others
-    are not resampled), so it is off by default.
+    ``randn`` noise; a ``grid_sample`` rotation/scaling adds ~25 ms per sample that draws it
+    (the others are not resampled), so it is off by default.
 ``"monai"``
     MONAI's per-sample ``RandAffine``, ``RandBiasField``, ``RandAdjustContrast`` and
     ``RandGaussianNoise`` (the intensity ones inside the brain, as in the fast back-end).
