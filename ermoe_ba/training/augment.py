@@ -175,7 +175,7 @@ def rotate_and_zoom(x: torch.Tensor, angles: torch.Tensor, zoom: torch.Tensor) -
     b = x.shape[0]
     # normalised coordinate n = position / (size / 2): theta = D⁻¹ (R / zoom) D with D = diag(S, A, R)
     size = torch.tensor(x.shape[:1:-1], dtype=x.dtype, device=x.device)
-    theta = _rotation(angles).to(x.dtype) / zoom.to(x.dtype).view(b, 1, 1)
+    theta = _rotation(angles).to(x) / zoom.to(x).view(b, 1, 1)  # x's dtype and device
     theta = theta * size.view(1, 1, 3) / size.view(1, 3, 1)
     theta = torch.cat([theta, theta.new_zeros(b, 3, 1)], dim=2)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
