@@ -121,6 +121,28 @@ def train(
         help="Probability per scan and step of a random shift by a fraction of a voxel (linear interpolation, "
         "the blur conform's resampling gives a scan); 0: off.",
     ),
+    affine_prob: float = typer.Option(
+        0.0,
+        "--affine-prob",
+        min=0.0,
+        max=1.0,
+        help="Probability per scan and step of a random rotation (up to 4° about each axis) and scaling (up to 4 %); "
+        "0: off (on the IXI development set it made ERMoE-ba worse and left the CNN level: README, Results).",
+    ),
+    bias_prob: float = typer.Option(
+        0.0, "--bias-prob", min=0.0, max=1.0, help="Probability of a smooth multiplicative bias field; 0: off."
+    ),
+    gamma_prob: float = typer.Option(
+        0.0, "--gamma-prob", min=0.0, max=1.0, help="Probability of a gamma contrast change (0.8-1.25); 0: off."
+    ),
+    noise_prob: float = typer.Option(
+        0.0,
+        "--noise-prob",
+        min=0.0,
+        max=1.0,
+        help="Probability of Gaussian noise inside the brain; 0: off. Bias field, gamma and noise change the "
+        "grey/white contrast that carries age and hurt on the IXI development set (training.augment).",
+    ),
     flip_lr: bool = typer.Option(
         False,
         "--flip-lr/--no-flip-lr",
@@ -179,8 +201,9 @@ def train(
             model_overrides["router"] = router
         member_overrides = parse_members(members)
         augmentation = AugmentConfig(
-            kind=augment, shift=shift, blur_prob=blur_prob, subvoxel_prob=subvoxel_prob, flip_lr=flip_lr
-        )
+            kind=augment, shift=shift, affine_prob=affine_prob, bias_prob=bias_prob, gamma_prob=gamma_prob,
+            noise_prob=noise_prob, blur_prob=blur_prob, subvoxel_prob=subvoxel_prob, flip_lr=flip_lr,
+        )  # fmt: skip
         config = TrainConfig(
             epochs=epochs, batch_size=batch_size, loss=loss, lr=lr, weight_decay=weight_decay, patience=patience,
             keep=keep, device=device, seed=seed, progress=progress, augment=augmentation, ema_decay=ema_decay,
