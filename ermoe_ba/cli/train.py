@@ -150,6 +150,20 @@ def train(
         "and the expert maps of a model trained on mirrored brains cannot show a side).",
     ),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Weight EMA decay per step (0: off)."),
+    mixup_alpha: float = typer.Option(
+        0.0,
+        "--mixup-alpha",
+        min=0.0,
+        help="Mixup: blend each training scan and its age with a partner of the same batch, weight ~ "
+        "Beta(alpha, alpha); 0: off.",
+    ),
+    mixup_bandwidth: float = typer.Option(
+        0.0,
+        "--mixup-bandwidth",
+        min=0.0,
+        help="Prefer mixup partners of similar age (C-Mixup): kernel width in standard deviations of the "
+        "training ages; 0: uniform partners.",
+    ),
     seeds: int = typer.Option(
         1, "--seeds", min=1, help="Train N models with different seeds; save their average as one ensemble."
     ),
@@ -207,7 +221,7 @@ def train(
         config = TrainConfig(
             epochs=epochs, batch_size=batch_size, loss=loss, lr=lr, weight_decay=weight_decay, patience=patience,
             keep=keep, device=device, seed=seed, progress=progress, augment=augmentation, ema_decay=ema_decay,
-            num_threads=threads,
+            mixup_alpha=mixup_alpha, mixup_bandwidth=mixup_bandwidth, num_threads=threads,
         )  # fmt: skip
         for variant in member_model_overrides(model_overrides, member_overrides, seeds):
             _check_model(model, variant, loss)

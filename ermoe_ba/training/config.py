@@ -46,6 +46,12 @@ class TrainConfig:
         is kept either way.
     grad_clip
         Maximum gradient norm (0 = no clipping).
+    mixup_alpha, mixup_bandwidth
+        Mixup of the training batches (:class:`~ermoe_ba.training.mixup.LabelMixup`): each scan
+        is blended with a partner of the same batch, its standardised age likewise, with weight
+        ``λ ~ Beta(mixup_alpha, mixup_alpha)``; ``mixup_bandwidth`` > 0 prefers partners of
+        similar age (C-Mixup; the kernel width in standard deviations of age). ``mixup_alpha=0``
+        (default) turns it off.
     ema_decay
         Exponential moving average of the weights (and BatchNorm statistics) with this decay
         per step, used for validation and kept as the result; 0 turns it off. Averaging damps
@@ -77,6 +83,8 @@ class TrainConfig:
     keep: str = "best"
     grad_clip: float = 1.0
     ema_decay: float = 0.0
+    mixup_alpha: float = 0.0
+    mixup_bandwidth: float = 0.0
     loss: str = "l1"
     device: str = "auto"
     amp: bool = True

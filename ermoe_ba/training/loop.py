@@ -25,6 +25,7 @@ from ermoe_ba.routing.trace import RoutingTrace
 from ermoe_ba.training.augment import BatchAugment
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.distributed import all_gather_object, is_main_process, rank, resolve_device, world_size
+from ermoe_ba.training.mixup import LabelMixup
 from ermoe_ba.training.resume import load_raw_tensors, load_training_state, raw_tensors, save_training_state
 from ermoe_ba.training.shift_average import standardized_ages
 
@@ -243,6 +244,7 @@ def fit(
     warmup = min(total // 2, steps_per_epoch * cfg.warmup_epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warmup, total, cfg.min_lr_ratio))
     augment = BatchAugment(cfg.augment, seed=cfg.seed + 1000 * rank())
+    mixup = LabelMixup(cfg.mixup_alpha, cfg.mixup_bandwidth, seed=cfg.seed + 1000 * rank())
     result = FitResult(model, scaler)
     best_state, since_best, start = None, 0, time.perf_counter()
     retract = [m for m in model.modules() if hasattr(m, "orthonormalize_")]
@@ -266,6 +268,8 @@ def fit(
         if ema is not None:
             load_raw_tensors(ema, state["ema"])
         augment.load_state_dict(state["augment"])
+        if mixup.enabled:
+            mixup.load_state_dict(state["mixup"])
         result.history, result.best_epoch = state["history"], state["best_epoch"]
         result.best_val_mae = state["best_val_mae"]
         best_state, since_best = state["best_state"], state["since_best"]
@@ -287,6 +291,7 @@ def fit(
             idx = mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = augment(train_volumes[idx].float()).to(device)
             y = targets[idx].to(device)
+            x, y = mixup(x, y)
             with _autocast(device, cfg.amp):
                 out = net(x)
                 loss = _loss(out.output, y, cfg.loss)
@@ -329,6 +334,7 @@ def fit(
                 "next_epoch": epoch + 1, "stopped": stopped, "seconds": earlier_seconds + time.perf_counter() - start,
                 "model": raw_tensors(model), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "ema": None if ema is None else raw_tensors(ema), "augment": augment.state_dict(),
+                "mixup": mixup.state_dict(),
                 "history": result.history, "best_epoch": result.best_epoch, "best_val_mae": result.best_val_mae,
                 "best_state": best_state, "since_best": since_best,
             }  # fmt: skip

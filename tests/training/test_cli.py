@@ -124,7 +124,8 @@ def test_keep_last_trains_every_epoch_and_records_the_recipe(tmp_path, real_scan
     args = ["train", str(table), "-o", str(ckpt), "--epochs", "3", "--batch-size", "2", "--no-progress",
             "--val-fraction", "0.25", "--keep", "last", "--patience", "1", "--blur-prob", "0.5",
             "--subvoxel-prob", "1", "--flip-lr", "--shift", "3", "--affine-prob", "0.5", "--bias-prob", "0.25",
-            "--gamma-prob", "0.125", "--noise-prob", "0.75"]  # fmt: skip
+            "--gamma-prob", "0.125", "--noise-prob", "0.75", "--mixup-alpha", "0.4",
+            "--mixup-bandwidth", "0.5"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     meta = read_meta(ckpt)
@@ -133,6 +134,7 @@ def test_keep_last_trains_every_epoch_and_records_the_recipe(tmp_path, real_scan
     assert augment["blur_prob"] == 0.5 and augment["subvoxel_prob"] == 1 and augment["flip_lr"] is True
     assert augment["shift"] == 3 and augment["affine_prob"] == 0.5 and augment["bias_prob"] == 0.25
     assert augment["gamma_prob"] == 0.125 and augment["noise_prob"] == 0.75
+    assert meta["train_config"]["mixup_alpha"] == 0.4 and meta["train_config"]["mixup_bandwidth"] == 0.5
     assert len(meta["history"]) == 3 and meta["best_epoch"] == 2
 
 

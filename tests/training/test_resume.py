@@ -15,9 +15,11 @@ from ermoe_ba.training.data import VolumeSet
 from ermoe_ba.training.run import train_brain_age
 
 GRID = PreprocessConfig(grid_shape=(32, 32, 32), grid_origin=(-32.0, -32.0, -32.0))  # as in conftest
-# every random stream in play: dropout and stochastic depth (torch), shifts, gamma and noise (augmentation)
+# every random stream in play: dropout and stochastic depth (torch), shifts, gamma and noise (augmentation),
+# mixup partners and weights (numpy)
 RECIPE = dict(epochs=4, batch_size=4, lr=3e-3, warmup_epochs=1, patience=0, keep="best", ema_decay=0.9,
-              augment=AugmentConfig(shift=2, gamma_prob=0.5, noise_prob=0.5), progress=False, device="cpu")  # fmt: skip
+              augment=AugmentConfig(shift=2, gamma_prob=0.5, noise_prob=0.5), mixup_alpha=0.4, mixup_bandwidth=0.5,
+              progress=False, device="cpu")  # fmt: skip
 
 
 def small_ermoe(seed: int) -> torch.nn.Module:
