@@ -7,7 +7,10 @@ bytes (ready to embed in the HTML report) and writes them to ``output_file`` whe
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +20,7 @@ import numpy as np
 from ermoe_ba.interpret._io import write_bytes
 from ermoe_ba.interpret.tokens import EXPERT_LABEL_OFFSET
 
-__all__ = ["expert_colors", "plot_expert_fractions", "plot_expert_glass", "plot_expert_labels"]
+__all__ = ["expert_colors", "expert_panel_title", "plot_expert_fractions", "plot_expert_glass", "plot_expert_labels"]
 
 DPI = 90
 Z_RANGE_MM = (-45.0, 70.0)
@@ -138,6 +141,25 @@ def _expert_volume(fraction_img: nib.Nifti1Image, expert: int, mask: np.ndarray 
     return _masked(nib.Nifti1Image(data, fraction_img.affine), mask)
 
 
+def expert_panel_title(volume: nib.Nifti1Image, expert: int, threshold: float) -> str:
+    """``"expert e"``, or ``"expert e: nowhere ≥ t"`` when no voxel of its map reaches the threshold.
+
+    Such a panel is drawn empty (an expert that took no part of the brain, or too small a part
+    for the threshold); the title says so instead of nilearn's bare "empty mask" warning.
+    """
+    data = np.asanyarray(volume.dataobj)
+    reached = data.size and np.nanmax(np.abs(data)) >= threshold
+    return f"expert {expert}" if reached else f"expert {expert}: nowhere ≥ {threshold:g}"
+
+
+@contextlib.contextmanager
+def _quiet_empty_mask() -> Iterator[None]:
+    # nilearn warns "empty mask" for a map with nothing above the threshold; the panel title says it
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="empty mask", category=UserWarning)
+        yield
+
+
 def plot_expert_fractions(
     fraction_img: nib.Nifti1Image,
     output_file: str | Path | None = None,
@@ -161,19 +183,21 @@ def plot_expert_fractions(
         left=0.01, right=0.99, bottom=0.01, top=1 - 0.4 / (1.6 * num_experts + 0.4), hspace=0.05
     )
     for expert, ax in enumerate(np.atleast_1d(axes)):
-        plotting.plot_stat_map(
-            _expert_volume(fraction_img, expert, mask),
-            threshold=threshold,
-            vmin=0.0,
-            vmax=1.0,
-            cmap="plasma",
-            colorbar=expert == 0,
-            axes=ax,
-            figure=fig,
-            annotate=expert == 0,
-            title=f"expert {expert}",
-            **_axial_slices(cut_coords, bg),
-        )
+        volume = _expert_volume(fraction_img, expert, mask)
+        with _quiet_empty_mask():
+            plotting.plot_stat_map(
+                volume,
+                threshold=threshold,
+                vmin=0.0,
+                vmax=1.0,
+                cmap="plasma",
+                colorbar=expert == 0,
+                axes=ax,
+                figure=fig,
+                annotate=expert == 0,
+                title=expert_panel_title(volume, expert, threshold),
+                **_axial_slices(cut_coords, bg),
+            )
     if title:
         fig.suptitle(title, color="white", fontsize=11)
     return _finish(fig, output_file)
@@ -198,20 +222,22 @@ def plot_expert_glass(
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.4 / (2.4 * rows + 0.4), wspace=0.02)
     axes = np.atleast_1d(axes).ravel()
     for expert in range(num_experts):
-        plotting.plot_glass_brain(
-            _expert_volume(fraction_img, expert, mask),
-            display_mode="ortho",
-            threshold=threshold,
-            vmin=0.0,
-            vmax=1.0,
-            cmap="viridis",
-            plot_abs=True,
-            colorbar=False,
-            axes=axes[expert],
-            figure=fig,
-            title=f"expert {expert}",
-            resampling_interpolation="nearest",
-        )
+        volume = _expert_volume(fraction_img, expert, mask)
+        with _quiet_empty_mask():
+            plotting.plot_glass_brain(
+                volume,
+                display_mode="ortho",
+                threshold=threshold,
+                vmin=0.0,
+                vmax=1.0,
+                cmap="viridis",
+                plot_abs=True,
+                colorbar=False,
+                axes=axes[expert],
+                figure=fig,
+                title=expert_panel_title(volume, expert, threshold),
+                resampling_interpolation="nearest",
+            )
     for ax in axes[num_experts:]:
         ax.set_axis_off()
     if title:
