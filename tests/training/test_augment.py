@@ -58,6 +58,16 @@ def test_rotation_is_rigid_in_voxels_on_a_non_cubic_grid():
     assert zoomed.tolist() == pytest.approx([0.0, 7.5, 0.0], abs=0.05)
 
 
+def test_monai_rotation_is_rigid_in_voxels_on_a_non_cubic_grid():
+    x = torch.zeros(1, 1, 24, 36, 20)
+    x[0, 0, 11:13, 23:25, 9:11] = 1.0  # 6 voxels anterior of the centre
+    config = AugmentConfig(kind="monai", shift=0, affine_prob=1.0, rotate_deg=90.0, scale=0.0)
+    offsets = [_offset_from_centre(BatchAugment(config, seed=seed)(x)) for seed in range(4)]
+    # turned by up to 90 degrees about every axis, still 6 voxels from the centre (a shear would not keep it)
+    assert [float(o.norm()) for o in offsets] == pytest.approx([6.0] * 4, abs=0.1)
+    assert all(float((o - torch.tensor([0.0, 6.0, 0.0])).norm()) > 1.0 for o in offsets)
+
+
 def test_samples_that_draw_no_affine_are_not_resampled():
     x = _blob(8)
     y = BatchAugment(AugmentConfig(shift=0, affine_prob=0.5), seed=0)(x)
