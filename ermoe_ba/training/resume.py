@@ -4,7 +4,8 @@
 optimiser, learning-rate schedule, weight EMA, the best epoch so far, the history and every
 random stream (torch's, CUDA's, the augmentation's). Continuing from it ends with the weights an
 uninterrupted run ends with (on the same device and software; tests check it on CPU). A file made
-with another recipe is refused rather than continued.
+with another recipe is refused rather than continued (options added to the recipe since the
+file was written count as their defaults).
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ _NOT_RECIPE = ("device", "num_threads", "progress", "eval_batch_size")
 def recipe_of(config: TrainConfig) -> dict[str, Any]:
     """The part of ``config`` that a continued run must share with the run that saved the state."""
     return {k: v for k, v in config.to_dict().items() if k not in _NOT_RECIPE}
+
+
+def _with_later_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe with the options added since it was written set to their defaults.
+
+    An option added later defaults to the behaviour from before it existed (:class:`TrainConfig`),
+    so a state written by an older version was made with that default and continues with it.
+    """
+    defaults = recipe_of(TrainConfig())
+    merged = {**defaults, **saved}
+    if isinstance(saved.get("augment"), dict):
+        merged["augment"] = {**defaults["augment"], **saved["augment"]}
+    return merged
 
 
 def random_streams() -> dict[str, Any]:
@@ -111,7 +125,7 @@ def load_training_state(path: str | Path, config: TrainConfig, model: torch.nn.M
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: not a training state of this ermoe-ba version")
     for what, saved, wanted in (
-        ("recipe", state["recipe"], recipe_of(config)),
+        ("recipe", _with_later_defaults(state["recipe"]), recipe_of(config)),
         ("model", state["architecture"], architecture_of(model)),
     ):
         shown = describe_differences(saved, wanted)

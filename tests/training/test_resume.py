@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ermoe_ba.training.loop as loop
+import ermoe_ba.training.resume as resume
 from ermoe_ba.models import create_model
 from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.augment import AugmentConfig, BatchAugment
@@ -81,6 +82,21 @@ def test_a_state_of_another_recipe_or_model_is_refused(synthetic, tmp_path):
     state.write_bytes(b"not a state")
     with pytest.raises(ValueError, match="not a readable training state"):
         loop.fit(small_ermoe(0), *data, config=TrainConfig(**{**RECIPE, "epochs": 1}), state_path=state)
+
+
+def test_a_state_written_before_an_option_existed_reads_it_as_its_default(synthetic, tmp_path):
+    data = (synthetic.volumes[:8], synthetic.ages[:8])
+    state_path = tmp_path / "state.pt"
+    plain = TrainConfig(**{**RECIPE, "epochs": 1, "mixup_alpha": 0.0, "mixup_bandwidth": 0.0})
+    loop.fit(small_ermoe(0), *data, config=plain, state_path=state_path)
+    state = torch.load(state_path, weights_only=True)
+    for key in ("mixup_alpha", "mixup_bandwidth"):  # as an older version wrote it
+        del state["recipe"][key]
+    del state["recipe"]["augment"]["subvoxel_prob"]
+    torch.save(state, state_path)
+    assert resume.load_training_state(state_path, plain, small_ermoe(0))["next_epoch"] == 1
+    with pytest.raises(ValueError, match=r"another recipe \(mixup_alpha: 0.0 there, 0.4 now"):
+        resume.load_training_state(state_path, TrainConfig(**{**RECIPE, "epochs": 1}), small_ermoe(0))
 
 
 def test_monai_augmentation_streams_continue_after_a_reload():
