@@ -51,7 +51,8 @@ class TrainConfig:
         is blended with a partner of the same batch, its standardised age likewise, with weight
         ``λ ~ Beta(mixup_alpha, mixup_alpha)``; ``mixup_bandwidth`` > 0 prefers partners of
         similar age (C-Mixup; the kernel width in standard deviations of age). ``mixup_alpha=0``
-        (default) turns it off.
+        (default) turns it off. With mixup the history's ``train_loss`` is that of the blended
+        batches.
     ema_decay
         Exponential moving average of the weights (and BatchNorm statistics) with this decay
         per step, used for validation and kept as the result; 0 turns it off. Averaging damps
