@@ -112,9 +112,13 @@ def _mixtral(num_experts: int) -> tuple[nn.Module | None, str]:
     config = MixtralConfig(
         hidden_size=EMBED_DIM, intermediate_size=hidden, num_local_experts=num_experts, num_experts_per_tok=TOP_K
     )
+    # transformers >= 5 picks the experts' kernel by this attribute; on CPU only its per-expert loop
+    # ("eager") is usable: "grouped_mm" needs 16-byte aligned strides, "batched_mm" took 44 s a step
+    config._experts_implementation = "eager"
     import transformers
 
-    return MixtralSparseMoeBlock(config), f"transformers {transformers.__version__}, SwiGLU width {hidden}"
+    note = f"transformers {transformers.__version__}, eager experts, SwiGLU width {hidden}"
+    return MixtralSparseMoeBlock(config), note
 
 
 def _time_cases(
