@@ -93,6 +93,10 @@ class ModelConfig:
         :class:`~ermoe_ba.layers.binned_head.BinnedRegressionHead` with ``B`` bins over ±3 sd of
         the standardised target, trained with ``TrainConfig(loss="kl_bins")``; its output
         column 0 is still the predicted value.
+    drop_rate, head_drop_rate
+        Dropout probability after the position embedding, on the attention and MLP outputs and
+        on the pooled features before the head (the SFCN CNN has only the last); ``head_drop_rate``
+        sets the head's alone (None: ``drop_rate``), e.g. 0.5 as SFCN trains with.
     disjoint_bases
         ERMoE: keep the experts' input bases mutually orthogonal (blocks of one orthonormal
         matrix), so a token's squared scores sum to at most 1 and experts compete for directions.
@@ -136,8 +140,14 @@ class ModelConfig:
     num_outputs: int = 1
     output_bins: int = 0
     drop_rate: float = 0.0
+    head_drop_rate: float | None = None
     drop_path_rate: float = 0.0
     score: str = "subspace"
+
+    @property
+    def head_dropout(self) -> float:
+        """Dropout probability on the pooled features before the head."""
+        return self.drop_rate if self.head_drop_rate is None else self.head_drop_rate
 
     def __post_init__(self) -> None:
         _check_field_types(self)

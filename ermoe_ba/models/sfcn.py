@@ -41,7 +41,7 @@ class SFCN(nn.Module):
     Parameters
     ----------
     config
-        ``img_size``, ``in_chans``, ``num_outputs`` and ``drop_rate`` are read from it; the
+        ``img_size``, ``in_chans``, ``num_outputs`` and ``head_dropout`` are read from it; the
         ``router`` is recorded as ``"dense"``.
     channels
         Output channels of the pooled conv blocks; a 1x1x1 conv with ``channels[-1]`` outputs
@@ -77,7 +77,7 @@ class SFCN(nn.Module):
             nn.BatchNorm3d(channels[-1]),
             nn.ReLU(inplace=True),
         )
-        self.head_drop = nn.Dropout(config.drop_rate)
+        self.head_drop = nn.Dropout(config.head_dropout)
         self.head = build_head(config, channels[-1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -137,7 +137,7 @@ class MoETransformer(nn.Module):
             for i in range(config.depth)
         )
         self.norm = nn.LayerNorm(dim)
-        self.head_drop = nn.Dropout(config.drop_rate)
+        self.head_drop = nn.Dropout(config.head_dropout)
         head_width = dim * num_tokens if config.pool == "flatten" else dim
         self.head = build_head(config, head_width)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
