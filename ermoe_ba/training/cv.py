@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ermoe_ba.atomic import write_json_atomic, write_text_atomic
+from ermoe_ba.differences import with_missing_keys
 from ermoe_ba.training.augment import mirror_left_right
 from ermoe_ba.training.bias import AgeBiasCorrection, fit_bias_correction
 from ermoe_ba.training.data import VolumeSet
@@ -225,24 +226,13 @@ def same_settings(
     if stored is None:
         return False
     if defaults:
-        stored = _with_missing(stored, json.loads(json.dumps(defaults)))
+        stored = with_missing_keys(stored, json.loads(json.dumps(defaults)))
     return stored == json.loads(json.dumps(current))
 
 
 def made_with_current_settings(result: dict[str, Any], method: Method) -> bool:
     """Whether a fold result on disk was made with ``method``'s current settings (see :func:`same_settings`)."""
     return same_settings(result.get("settings"), method.describe(), settings_defaults(method))
-
-
-def _with_missing(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``stored`` with the keys of ``defaults`` it lacks filled in, recursively."""
-    out = dict(stored)
-    for key, value in defaults.items():
-        if key not in out:
-            out[key] = value
-        elif isinstance(out[key], dict) and isinstance(value, dict):
-            out[key] = _with_missing(out[key], value)
-    return out
 
 
 def _load_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

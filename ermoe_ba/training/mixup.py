@@ -59,10 +59,10 @@ class LabelMixup:
         else:
             weight = np.ones((len(targets), len(targets)))
         np.fill_diagonal(weight, 0.0)
-        total = weight.sum(1, keepdims=True)
         # a sample whose every partner is far beyond the bandwidth (underflow) gets uniform partners
-        uniform = np.where(np.eye(len(targets)) > 0, 0.0, 1.0 / max(1, len(targets) - 1))
-        return np.where(total > 0, weight / np.where(total > 0, total, 1.0), uniform)
+        weight[weight.sum(1) == 0] = 1.0
+        np.fill_diagonal(weight, 0.0)
+        return weight / weight.sum(1, keepdims=True)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixed copies of the batch ``x`` ``(b, ...)`` and its targets ``y`` ``(b,)``."""

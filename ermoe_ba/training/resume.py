@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ermoe_ba.atomic import atomic_path
-from ermoe_ba.differences import describe_differences
+from ermoe_ba.differences import describe_differences, with_missing_keys
 from ermoe_ba.training.config import TrainConfig
 
 __all__ = [
@@ -37,19 +37,6 @@ _NOT_RECIPE = ("device", "num_threads", "progress", "eval_batch_size")
 def recipe_of(config: TrainConfig) -> dict[str, Any]:
     """The part of ``config`` that a continued run must share with the run that saved the state."""
     return {k: v for k, v in config.to_dict().items() if k not in _NOT_RECIPE}
-
-
-def _with_later_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved recipe with the options added since it was written set to their defaults.
-
-    An option added later defaults to the behaviour from before it existed (:class:`TrainConfig`),
-    so a state written by an older version was made with that default and continues with it.
-    """
-    defaults = recipe_of(TrainConfig())
-    merged = {**defaults, **saved}
-    if isinstance(saved.get("augment"), dict):
-        merged["augment"] = {**defaults["augment"], **saved["augment"]}
-    return merged
 
 
 def random_streams() -> dict[str, Any]:
@@ -125,7 +112,7 @@ def load_training_state(path: str | Path, config: TrainConfig, model: torch.nn.M
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: not a training state of this ermoe-ba version")
     for what, saved, wanted in (
-        ("recipe", _with_later_defaults(state["recipe"]), recipe_of(config)),
+        ("recipe", with_missing_keys(state["recipe"], recipe_of(TrainConfig())), recipe_of(config)),
         ("model", state["architecture"], architecture_of(model)),
     ):
         shown = describe_differences(saved, wanted)
