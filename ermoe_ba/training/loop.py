@@ -57,7 +57,9 @@ class FitResult:
     """Outcome of :func:`fit`; the model holds the weights of ``best_epoch``.
 
     ``best_epoch`` and ``best_val_mae`` describe the kept weights: the best validation epoch, or
-    the last epoch with ``TrainConfig.keep="last"``.
+    the last epoch with ``TrainConfig.keep="last"``. Each ``history`` record holds an epoch's mean
+    ``train_loss`` and ``aux_loss``, its last ``lr``, ``val_mae`` when there is a validation set,
+    and ``seconds``: the epoch's wall time (steps, BatchNorm re-estimation and validation).
     """
 
     model: nn.Module
@@ -283,6 +285,7 @@ def fit(
     show = cfg.progress and is_main_process()
     bar = tqdm(epochs, desc="train", unit="epoch", initial=first_epoch, total=cfg.epochs, disable=not show)
     for epoch in bar:
+        epoch_start = time.perf_counter()
         net.train()
         order = torch.randperm(train_volumes.shape[0], generator=torch.Generator().manual_seed(cfg.seed + epoch))
         mine = order[rank() :: world_size()][:n_local]  # equal step counts on every process
@@ -326,6 +329,7 @@ def fit(
                     best_state = copy.deepcopy(scored.state_dict())
             else:
                 since_best += 1
+        record["seconds"] = time.perf_counter() - epoch_start
         result.history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_mae")})
         stopped = bool(cfg.patience and since_best >= cfg.patience)

@@ -1,0 +1,87 @@
+"""Benchmark: training and inference cost of every deep method of a CV config, on real scans.
+
+    python bench/train_cost.py [--config pipelines/brain_age_cv/config.json] [--scans 32] [--epochs 4]
+        [--threads 1] [--save bench/results/train_cost.json]
+
+Each deep method (each member, for an ensemble method) trains with the config's recipe on the
+first ``--scans`` development scans with an age for ``--epochs`` epochs (the last weights kept,
+no validation set) on ``--threads`` CPU threads, so methods are timed under the same conditions
+(the CV runs' own ``train_seconds`` depend on what else ran beside them). The first epoch is
+dropped (allocator and BLAS warm-up). Prints one JSON line with, per method: median wall
+seconds per scan and epoch (optimiser steps plus the per-epoch BatchNorm re-estimation of models
+that have BatchNorm), the training time of one CV fold this implies (88 training scans, the
+config's epochs), test-time seconds per scan, and the parameters (total, active per token).
+Classical methods fit in seconds and are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _report import emit
+
+from ermoe_ba.training.benchmark import load_pipeline_config
+from ermoe_ba.training.config import TrainConfig
+from ermoe_ba.training.data import load_cohort
+from ermoe_ba.training.loop import fit, predict
+from ermoe_ba.training.methods import DeepMethod, count_parameters, method_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLD_TRAINING_SCANS = 88  # training scans per fold of the 5-fold CV (129 scans, 15 % of the rest validate)
+
+
+def time_member(method: DeepMethod, overrides: dict, data, recipe: TrainConfig, inference_batch: int) -> dict:
+    """Train one member briefly and time its epochs and its test-time forward passes."""
+    model = method.build(data, recipe.seed, overrides)
+    result = fit(model, data.volumes, data.ages, config=recipe)
+    epoch_seconds = float(np.median([record["seconds"] for record in result.history[1:]]))
+    start = time.perf_counter()
+    predict(model, data.volumes, result.scaler, inference_batch, torch.device("cpu"))
+    inference = (time.perf_counter() - start) / len(data)
+    per_scan_epoch = epoch_seconds / len(data)
+    return {
+        "seconds_per_scan_epoch": round(per_scan_epoch, 4),
+        "fold_training_minutes": round(per_scan_epoch * FOLD_TRAINING_SCANS * method.train.epochs / 60, 1),
+        "inference_seconds_per_scan": round(inference, 4),
+        "parameters": count_parameters(model),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "pipelines" / "brain_age_cv" / "config.json")
+    parser.add_argument("--methods", nargs="*", default=None, help="only these methods (default: every deep one)")
+    parser.add_argument("--scans", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per member; the first is not timed")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save", type=Path, default=None)
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first epoch is not timed)")
+    torch.set_num_threads(args.threads)
+    config = load_pipeline_config(args.config)
+    shared = TrainConfig.from_dict(config.get("train", {}))
+    methods = [method_from_dict(spec, shared) for spec in config["methods"]]
+    methods = [m for m in methods if isinstance(m, DeepMethod) and (args.methods is None or m.name in args.methods)]
+    if not methods:
+        parser.error(f"no deep method of {args.config} matches {args.methods}")
+    data = config["data"]
+    cohort = load_cohort(data["inputs"], data.get("ages"), progress=False)
+    subset = cohort.subset(np.arange(min(args.scans, len(cohort))))
+    result: dict = {"bench": "train_cost", "config": str(args.config), "scans": len(subset), "threads": args.threads}
+    for method in methods:
+        recipe = dataclasses.replace(
+            method.train, epochs=args.epochs, patience=0, keep="last", progress=False, num_threads=args.threads
+        )
+        members = [time_member(method, v, subset, recipe, method.train.eval_batch_size) for v in method.variants]
+        result[method.name] = members[0] if len(members) == 1 else {"members": members}
+    emit(result, args.save)
+
+
+if __name__ == "__main__":
+    main()
