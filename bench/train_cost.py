@@ -1,17 +1,19 @@
 """Benchmark: training and inference cost of every deep method of a CV config, on real scans.
 
     python bench/train_cost.py [--config pipelines/brain_age_cv/config.json] [--scans 32] [--epochs 4]
-        [--threads 1] [--save bench/results/train_cost.json]
+        [--repeats 3] [--threads 1] [--save bench/results/train_cost.json]
 
 Each deep method (each member, for an ensemble method) trains with the config's recipe on the
 first ``--scans`` development scans with an age for ``--epochs`` epochs (the last weights kept,
 no validation set) on ``--threads`` CPU threads, so methods are timed under the same conditions
 (the CV runs' own ``train_seconds`` depend on what else ran beside them). The first epoch is
-dropped (allocator and BLAS warm-up). Prints one JSON line with, per method: median wall
-seconds per scan and epoch (optimiser steps plus the per-epoch BatchNorm re-estimation of models
-that have BatchNorm), the training time of one CV fold this implies (88 training scans, the
-config's epochs), test-time seconds per scan, and the parameters (total, active per token).
-Classical methods fit in seconds and are left out.
+dropped (allocator and BLAS warm-up). Every member trains ``--repeats`` times, the methods
+taking turns, so a slow spell of a shared machine hits all of them alike. Prints one JSON line
+with, per method: the median over repeats of the median wall seconds per scan and epoch
+(optimiser steps plus the per-epoch BatchNorm re-estimation of models that have BatchNorm), the
+training time of one CV fold this implies (88 training scans, the config's epochs), test-time
+seconds per scan, and the parameters (total, active per token). Classical methods fit in seconds
+and are left out.
 """
 
 from __future__ import annotations
@@ -44,11 +46,18 @@ def time_member(method: DeepMethod, overrides: dict, data, recipe: TrainConfig, 
     predict(model, data.volumes, result.scaler, inference_batch, torch.device("cpu"))
     inference = (time.perf_counter() - start) / len(data)
     per_scan_epoch = epoch_seconds / len(data)
+    return {"seconds_per_scan_epoch": per_scan_epoch, "inference_seconds_per_scan": inference, "model": model}
+
+
+def summarize(runs: list[dict], epochs: int) -> dict:
+    """Medians over the repeats of one member, and the training time of a CV fold they imply."""
+    per_scan_epoch = float(np.median([r["seconds_per_scan_epoch"] for r in runs]))
     return {
         "seconds_per_scan_epoch": round(per_scan_epoch, 4),
-        "fold_training_minutes": round(per_scan_epoch * FOLD_TRAINING_SCANS * method.train.epochs / 60, 1),
-        "inference_seconds_per_scan": round(inference, 4),
-        "parameters": count_parameters(model),
+        "repeats": [round(r["seconds_per_scan_epoch"], 4) for r in runs],
+        "fold_training_minutes": round(per_scan_epoch * FOLD_TRAINING_SCANS * epochs / 60, 1),
+        "inference_seconds_per_scan": round(float(np.median([r["inference_seconds_per_scan"] for r in runs])), 4),
+        "parameters": count_parameters(runs[0]["model"]),
     }
 
 
@@ -58,6 +67,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=None, help="only these methods (default: every deep one)")
     parser.add_argument("--scans", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per member; the first is not timed")
+    parser.add_argument("--repeats", type=int, default=3, help="trainings per member, the methods taking turns")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", type=Path, default=None)
     args = parser.parse_args()
@@ -74,11 +84,17 @@ def main() -> None:
     cohort = load_cohort(data["inputs"], data.get("ages"), progress=False)
     subset = cohort.subset(np.arange(min(args.scans, len(cohort))))
     result: dict = {"bench": "train_cost", "config": str(args.config), "scans": len(subset), "threads": args.threads}
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(args.repeats):
+        for method in methods:
+            recipe = dataclasses.replace(
+                method.train, epochs=args.epochs, patience=0, keep="last", progress=False, num_threads=args.threads
+            )
+            for j, variant in enumerate(method.variants):
+                timed = time_member(method, variant, subset, recipe, method.train.eval_batch_size)
+                runs.setdefault((method.name, j), []).append(timed)
     for method in methods:
-        recipe = dataclasses.replace(
-            method.train, epochs=args.epochs, patience=0, keep="last", progress=False, num_threads=args.threads
-        )
-        members = [time_member(method, v, subset, recipe, method.train.eval_batch_size) for v in method.variants]
+        members = [summarize(runs[method.name, j], method.train.epochs) for j in range(len(method.variants))]
         result[method.name] = members[0] if len(members) == 1 else {"members": members}
     emit(result, args.save)
 
