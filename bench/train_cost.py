@@ -11,7 +11,8 @@ dropped (allocator and BLAS warm-up). Every member trains ``--repeats`` times, t
 taking turns, so a slow spell of a shared machine hits all of them alike. Prints one JSON line
 with, per method: the median over repeats of the median wall seconds per scan and epoch
 (optimiser steps plus the per-epoch BatchNorm re-estimation of models that have BatchNorm), the
-training time of one CV fold this implies (88 training scans, the config's epochs), test-time
+training time of one CV fold this implies (the mean training-part size of the config's folds,
+the config's epochs), test-time
 seconds per scan, and the parameters (total, active per token). Classical methods fit in seconds
 and are left out.
 """
@@ -27,38 +28,48 @@ import numpy as np
 import torch
 from _report import emit
 
+from ermoe_ba.models.config import PreprocessConfig
 from ermoe_ba.training.benchmark import load_pipeline_config
 from ermoe_ba.training.config import TrainConfig
 from ermoe_ba.training.data import load_cohort
 from ermoe_ba.training.loop import fit, predict
 from ermoe_ba.training.methods import DeepMethod, count_parameters, method_from_dict
+from ermoe_ba.training.splits import cv_splits
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLD_TRAINING_SCANS = 88  # training scans per fold of the 5-fold CV (129 scans, 15 % of the rest validate)
 
 
-def time_member(method: DeepMethod, overrides: dict, data, recipe: TrainConfig, inference_batch: int) -> dict:
+def time_member(method: DeepMethod, overrides: dict, data, recipe: TrainConfig) -> dict:
     """Train one member briefly and time its epochs and its test-time forward passes."""
     model = method.build(data, recipe.seed, overrides)
     result = fit(model, data.volumes, data.ages, config=recipe)
     epoch_seconds = float(np.median([record["seconds"] for record in result.history[1:]]))
     start = time.perf_counter()
-    predict(model, data.volumes, result.scaler, inference_batch, torch.device("cpu"))
+    predict(model, data.volumes, result.scaler, recipe.eval_batch_size, next(model.parameters()).device)
     inference = (time.perf_counter() - start) / len(data)
-    per_scan_epoch = epoch_seconds / len(data)
-    return {"seconds_per_scan_epoch": per_scan_epoch, "inference_seconds_per_scan": inference, "model": model}
+    return {
+        "seconds_per_scan_epoch": epoch_seconds / len(data),
+        "inference_seconds_per_scan": inference,
+        "parameters": count_parameters(model),
+    }
 
 
-def summarize(runs: list[dict], epochs: int) -> dict:
+def summarize(runs: list[dict], fold_scan_epochs: float) -> dict:
     """Medians over the repeats of one member, and the training time of a CV fold they imply."""
     per_scan_epoch = float(np.median([r["seconds_per_scan_epoch"] for r in runs]))
     return {
         "seconds_per_scan_epoch": round(per_scan_epoch, 4),
         "repeats": [round(r["seconds_per_scan_epoch"], 4) for r in runs],
-        "fold_training_minutes": round(per_scan_epoch * FOLD_TRAINING_SCANS * epochs / 60, 1),
+        "fold_training_minutes": round(per_scan_epoch * fold_scan_epochs / 60, 1),
         "inference_seconds_per_scan": round(float(np.median([r["inference_seconds_per_scan"] for r in runs])), 4),
-        "parameters": count_parameters(runs[0]["model"]),
+        "parameters": runs[0]["parameters"],
     }
+
+
+def mean_training_scans(ages: np.ndarray, subject_ids: list[str], cv: dict) -> float:
+    """Mean size of the training part of the config's CV folds (the scans a fold trains on)."""
+    folds = cv_splits(ages, subject_ids, **cv)
+    return float(np.mean([len(fold.train) for fold in folds]))
 
 
 def main() -> None:
@@ -81,20 +92,25 @@ def main() -> None:
     if not methods:
         parser.error(f"no deep method of {args.config} matches {args.methods}")
     data = config["data"]
-    cohort = load_cohort(data["inputs"], data.get("ages"), progress=False)
+    preprocess = PreprocessConfig.from_dict(config.get("preprocess", {}))
+    cohort = load_cohort(data["inputs"], data.get("ages"), preprocess, progress=False)
+    fold_scans = mean_training_scans(cohort.ages, cohort.subject_ids, config.get("cv", {}))
     subset = cohort.subset(np.arange(min(args.scans, len(cohort))))
     result: dict = {"bench": "train_cost", "config": str(args.config), "scans": len(subset), "threads": args.threads}
+    recipes = {
+        m.name: dataclasses.replace(
+            m.train, epochs=args.epochs, patience=0, keep="last", progress=False, num_threads=args.threads
+        )
+        for m in methods
+    }
     runs: dict[tuple[str, int], list[dict]] = {}
     for _ in range(args.repeats):
         for method in methods:
-            recipe = dataclasses.replace(
-                method.train, epochs=args.epochs, patience=0, keep="last", progress=False, num_threads=args.threads
-            )
             for j, variant in enumerate(method.variants):
-                timed = time_member(method, variant, subset, recipe, method.train.eval_batch_size)
-                runs.setdefault((method.name, j), []).append(timed)
+                runs.setdefault((method.name, j), []).append(time_member(method, variant, subset, recipes[method.name]))
     for method in methods:
-        members = [summarize(runs[method.name, j], method.train.epochs) for j in range(len(method.variants))]
+        scan_epochs = fold_scans * method.train.epochs
+        members = [summarize(runs[method.name, j], scan_epochs) for j in range(len(method.variants))]
         result[method.name] = members[0] if len(members) == 1 else {"members": members}
     emit(result, args.save)
 
